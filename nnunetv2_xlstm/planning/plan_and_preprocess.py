@@ -1,0 +1,100 @@
+"""``nnunetv2_xlstm_plan_and_preprocess``: ``nnUNetv2_plan_and_preprocess`` with our planner as the default.
+
+nnU-Net only searches its own package for planners, so this command calls nnU-Net's API with the planner class
+directly. It takes the stock arguments, plus the XLSTMUNet ones; ``-pl`` may still name any stock nnU-Net planner.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from functools import partial
+from os.path import join
+
+import nnunetv2
+from nnunetv2.configuration import default_num_processes
+from nnunetv2.experiment_planning.plan_and_preprocess_api import (
+    extract_fingerprints,
+    plan_experiment_dataset,
+    preprocess,
+)
+from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
+
+from nnunetv2_xlstm.datasets import check_dataset_json, find_raw_dataset
+from nnunetv2_xlstm.env import InputError, require_env
+from nnunetv2_xlstm.planning.planner import XLSTMUNetPlanner
+
+OUR_PLANNERS = {"XLSTMUNetPlanner": XLSTMUNetPlanner}
+
+
+def plan_and_preprocess(dataset_ids: list[int], planner: str = "XLSTMUNetPlanner", configurations: list[str] = (
+        "2d", "3d_fullres", "3d_lowres"), num_processes: list[int] | None = None, gpu_memory_target: float | None = None,
+        overwrite_target_spacing: list[float] | None = None, overwrite_plans_name: str | None = None,
+        preprocessor_name: str = "DefaultPreprocessor", fingerprint_extractor: str = "DatasetFingerprintExtractor",
+        num_processes_fingerprint: int = default_num_processes, verify_dataset_integrity: bool = False,
+        clean: bool = False, no_pp: bool = False, verbose: bool = False, planner_kwargs: dict | None = None) -> str:
+    """Fingerprint, plan and (unless ``no_pp``) preprocess; returns the plans identifier (``nnUNetPlansXLSTM``).
+
+    Inputs are checked before anything is written: the ``nnUNet_*`` variables, the data set ids and their
+    ``dataset.json``. ``planner_kwargs`` go to our planner only (e.g. ``base_features=16``).
+    """
+    require_env("nnUNet_raw", "nnUNet_preprocessed")
+    for d in dataset_ids:
+        check_dataset_json(find_raw_dataset(d))
+    if planner in OUR_PLANNERS:
+        planner_class = partial(OUR_PLANNERS[planner], **(planner_kwargs or {}))
+    else:
+        if planner_kwargs:
+            raise InputError(f"{sorted(planner_kwargs)} only apply to {', '.join(OUR_PLANNERS)}, not to -pl {planner}")
+        planner_class = recursive_find_python_class(join(nnunetv2.__path__[0], "experiment_planning"), planner,
+                                                    current_module="nnunetv2.experiment_planning")
+        if planner_class is None:
+            raise InputError(f"unknown planner -pl {planner}: use one of {', '.join(OUR_PLANNERS)} or an nnU-Net "
+                             f"planner such as nnUNetPlannerResEncM")
+
+    extract_fingerprints(dataset_ids, fingerprint_extractor, num_processes_fingerprint, verify_dataset_integrity,
+                         clean, verbose)
+    plans_identifier = None
+    for d in dataset_ids:
+        _, plans_identifier = plan_experiment_dataset(d, planner_class, gpu_memory_target, preprocessor_name,
+                                                      overwrite_target_spacing, overwrite_plans_name)
+    if not no_pp:
+        n = num_processes or [{"2d": 8, "3d_lowres": 8}.get(c, 4) for c in configurations]  # stock defaults
+        preprocess(dataset_ids, plans_identifier, list(configurations), n, verbose)
+    return plans_identifier
+
+
+def plan_and_preprocess_entry(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-d", nargs="+", type=int, required=True, help="data set id(s), e.g. 801")
+    p.add_argument("-pl", default="XLSTMUNetPlanner", help="planner class (default: XLSTMUNetPlanner)")
+    p.add_argument("-c", nargs="+", default=["2d", "3d_fullres", "3d_lowres"], help="configurations to preprocess")
+    p.add_argument("-np", nargs="+", type=int, default=None, help="processes per configuration (default 8 4 8)")
+    p.add_argument("-gpu_memory_target", type=float, default=None, help="GPU memory target in GB (default 8)")
+    p.add_argument("-overwrite_target_spacing", nargs="+", type=float, default=None,
+                   help="target spacing for 3d_fullres, e.g. 10 3 3")
+    p.add_argument("-overwrite_plans_name", default=None, help="plans name (default nnUNetPlansXLSTM)")
+    p.add_argument("-preprocessor_name", default="DefaultPreprocessor")
+    p.add_argument("-fpe", default="DatasetFingerprintExtractor", help="fingerprint extractor class")
+    p.add_argument("-npfp", type=int, default=default_num_processes, help="processes for fingerprint extraction")
+    p.add_argument("--verify_dataset_integrity", action="store_true")
+    p.add_argument("--no_pp", action="store_true", help="plan only, do not preprocess")
+    p.add_argument("--clean", action="store_true", help="overwrite an existing fingerprint")
+    p.add_argument("--verbose", action="store_true")
+    g = p.add_argument_group("XLSTMUNet (XLSTMUNetPlanner only)")
+    g.add_argument("--mlstm_stages", type=int, default=None, help="number of deepest stages with mLSTM blocks (2)")
+    g.add_argument("--mlstm_blocks", type=int, default=None, help="mLSTM blocks per stage, even = bidirectional (2)")
+    g.add_argument("--base_features", type=int, default=None, help="features of the first stage (32)")
+    g.add_argument("--max_features", type=int, default=None, help="feature cap (320)")
+    g.add_argument("--batch_size", type=int, default=None, help="fix the batch size (default: from memory target)")
+    a = p.parse_args(argv)
+    kwargs = {k: v for k, v in {"n_mlstm_stages": a.mlstm_stages, "mlstm_blocks_per_stage": a.mlstm_blocks,
+                                "base_features": a.base_features, "max_features": a.max_features,
+                                "batch_size": a.batch_size}.items()
+              if v is not None}
+    try:
+        plan_and_preprocess(a.d, a.pl, a.c, a.np, a.gpu_memory_target, a.overwrite_target_spacing,
+                            a.overwrite_plans_name, a.preprocessor_name, a.fpe, a.npfp, a.verify_dataset_integrity,
+                            a.clean, a.no_pp, a.verbose, kwargs)
+    except InputError as e:
+        sys.exit(f"nnunetv2_xlstm_plan_and_preprocess: error: {e}")

@@ -1,0 +1,1 @@
+"""Folder named in ``nnUNet_extTrainer``; see nnunetv2_xlstm_trainers.py."""
