@@ -60,7 +60,7 @@ def test_memory_estimate_counts_the_mlstm(phantom_dataset: Path) -> None:
 
 
 def test_stock_lookup_finds_the_trainers(nnunet_env: dict[str, str]) -> None:
-    for name in ("nnUNetTrainerXLSTM", "nnUNetTrainerXLSTM_smoke", "nnUNetTrainerXLSTM_demo"):
+    for name in ("nnUNetTrainerXLSTM", "nnUNetTrainerXLSTM_smoke", "nnUNetTrainerXLSTM_short"):
         cls = recursive_find_trainer_class_by_name(name)
         assert cls is getattr(trainers, name)  # one identity: the class from the installed package
 

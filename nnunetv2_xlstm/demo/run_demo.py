@@ -1,6 +1,6 @@
 """``nnunetv2_xlstm_demo``: the whole chain on synthetic phantoms, through nnU-Net's own commands, on a CPU.
 
-phantoms -> plan and preprocess (XLSTMUNetPlanner) -> ``nnUNetv2_train -tr nnUNetTrainerXLSTM_demo`` ->
+phantoms -> plan and preprocess (XLSTMUNetPlanner) -> ``nnUNetv2_train -tr nnUNetTrainerXLSTM_short`` ->
 ``nnUNetv2_predict`` -> ``nnUNetv2_evaluate_folder`` -> Dice table per structure and an overlay PNG.
 """
 
@@ -90,7 +90,7 @@ def overlay_png(images: Path, labels: Path, predictions: Path, out: Path) -> Non
 
 
 def run_demo(output: Path, dataset_id: int = 990, num_train: int = 10, num_test: int = 4, seed: int = 0,
-             trainer: str = "nnUNetTrainerXLSTM_demo") -> dict[str, float]:
+             trainer: str = "nnUNetTrainerXLSTM_short") -> dict[str, float]:
     """Run the chain into ``output`` (nnUNet_raw/preprocessed/results inside it); return the test Dice per structure."""
     from nnunetv2_xlstm.planning.plan_and_preprocess import plan_and_preprocess
 
@@ -144,7 +144,7 @@ def demo_entry(argv: list[str] | None = None) -> None:
     p.add_argument("--num_train", type=int, default=10)
     p.add_argument("--num_test", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("-tr", default="nnUNetTrainerXLSTM_demo", help="trainer (nnUNetTrainerXLSTM_smoke: seconds)")
+    p.add_argument("-tr", default="nnUNetTrainerXLSTM_short", help="trainer (nnUNetTrainerXLSTM_smoke: seconds)")
     a = p.parse_args(argv)
     try:
         run_demo(a.output, a.d, a.num_train, a.num_test, a.seed, a.tr)

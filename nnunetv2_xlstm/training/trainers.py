@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import torch
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
@@ -12,7 +13,7 @@ from torch import nn
 from nnunetv2_xlstm.network.xlstm_unet import XLSTMUNet
 
 
-__all__ = ["nnUNetTrainerXLSTM", "nnUNetTrainerXLSTM_smoke", "nnUNetTrainerXLSTM_demo"]
+__all__ = ["nnUNetTrainerXLSTM", "nnUNetTrainerXLSTM_short", "nnUNetTrainerXLSTM_smoke"]
 
 
 class nnUNetTrainerXLSTM(nnUNetTrainer):
@@ -38,19 +39,28 @@ class nnUNetTrainerXLSTM(nnUNetTrainer):
         return os.environ.get("nnUNet_compile", "").lower() in ("true", "1", "t") and super()._do_i_compile()
 
 
-class nnUNetTrainerXLSTM_smoke(nnUNetTrainerXLSTM):
+class nnUNetTrainerXLSTM_short(nnUNetTrainerXLSTM):
+    """A short CPU schedule: 16 epochs of 25 iterations (about 7 min on 2 cores at the demo's 48^3 patch).
+
+    Short means AdamW (lr 1e-3, poly decay) instead of nnU-Net's SGD (lr 0.01, momentum 0.99): on the phantoms SGD
+    still predicted only background and aorta after 225 iterations, where AdamW segments most structures within 60.
+    """
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")) -> None:
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 16, 25, 3
+        self.initial_lr = 1e-3
+
+    def configure_optimizers(self) -> tuple[torch.optim.Optimizer, PolyLRScheduler]:
+        optimizer = torch.optim.AdamW(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay)
+        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+
+
+class nnUNetTrainerXLSTM_smoke(nnUNetTrainerXLSTM_short):
     """Smoke-test schedule: 2 epochs of 4 training and 2 validation iterations. Checks a pipeline, learns nothing."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")) -> None:
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 2, 4, 2
-
-
-class nnUNetTrainerXLSTM_demo(nnUNetTrainerXLSTM):
-    """The phantom demo's CPU schedule: 16 epochs of 25 iterations (about 7 min on 2 cores at a 48^3 patch)."""
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")) -> None:
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 16, 25, 3

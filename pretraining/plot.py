@@ -1,0 +1,47 @@
+"""The progress PNG: loss and the collapse monitors, rewritten during training."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def _smooth(values: list[float], window: int) -> np.ndarray:
+    v = np.asarray(values, dtype=float)
+    if len(v) < window or window < 2:
+        return v
+    return np.convolve(v, np.ones(window) / window, mode="valid")
+
+
+def plot_history(history: dict[str, list[float]], path: Path, out_dim: int) -> None:
+    """Six panels: DINO loss, teacher entropy (with log(out_dim), the uniform-collapse level), KL(teacher||student),
+    embedding std, throughput and data-wait fraction. Written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("loss", "DINO loss"), ("teacher_entropy", "teacher entropy (nats)"), ("kl", "KL(teacher || student)"),
+              ("embedding_std", "embedding std (0 = collapse)"), ("crops_per_s", "crops / s"),
+              ("data_wait_fraction", "fraction of step waiting for data")]
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
+    window = max(1, len(history.get("loss", [])) // 50)
+    for ax, (key, title) in zip(axes.flat, panels):
+        values = history.get(key, [])
+        if values:
+            ax.plot(np.arange(1, len(values) + 1), values, color="0.8", lw=0.8)
+            smooth = _smooth(values, window)
+            ax.plot(np.arange(len(values) - len(smooth) + 1, len(values) + 1), smooth, color="C0")
+        if key == "teacher_entropy":
+            ax.axhline(math.log(out_dim), color="C3", ls="--", lw=0.8, label="log(out_dim)")
+            ax.legend(fontsize=7)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    os.replace(tmp, path)

@@ -1,0 +1,239 @@
+"""The pretraining loop: DINO self-distillation of the XLSTMUNet encoder with an EMA teacher, on CT and MRI crops."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from copy import deepcopy
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from nnunetv2_xlstm.checkpoints import atomic_torch_save, safe_load, save_exported_encoder
+from nnunetv2_xlstm.env import InputError
+from nnunetv2_xlstm_pretraining import distributed as D
+from nnunetv2_xlstm_pretraining.config import PretrainConfig, config_to_dict
+from nnunetv2_xlstm_pretraining.data import load_pool
+from nnunetv2_xlstm_pretraining.ema import ema_update, teacher_momentum
+from nnunetv2_xlstm_pretraining.loss import DINOLoss
+from nnunetv2_xlstm_pretraining.model import (
+    ARCH_CLASS_NAME,
+    ARCH_KWARGS_REQUIRING_IMPORT,
+    StudentTeacherNet,
+    xlstm_unet_kwargs,
+)
+from nnunetv2_xlstm_pretraining.plot import plot_history
+
+CHECKPOINT_FORMAT = "nnunetv2_xlstm.pretrain_checkpoint"
+LATEST = "checkpoint_latest.pt"
+EXPORT = "encoder_export.pt"
+log = logging.getLogger("nnunetv2_xlstm_pretraining")
+
+
+def adaptation_plan(config: PretrainConfig) -> dict:
+    """What fine-tuning needs to rebuild and feed the encoder (nnssl's adaptation-plan layout); stored in every
+    checkpoint and compared before a resumed run starts."""
+    return {
+        "architecture_plans": {"arch_class_name": ARCH_CLASS_NAME, "arch_kwargs": xlstm_unet_kwargs(config.network),
+                               "arch_kwargs_requiring_import": ARCH_KWARGS_REQUIRING_IMPORT},
+        "pretrain_num_input_channels": 1,
+        "recommended_downstream_patchsize": list(config.global_crop_voxels),
+        "key_to_encoder": "encoder.stages", "key_to_stem": "encoder.stem",
+        "keys_to_in_proj": ["encoder.stem.convs.0.conv", "encoder.stem.convs.0.all_modules.0"],
+        "pretrain_plan": {
+            "target_spacing": list(config.target_spacing),
+            "normalisation": {"CT (HU)": "CTNormalization: clip to the source's 0.5/99.5 foreground percentiles, "
+                                         "z-score with its foreground mean/std",
+                              "CT (not HU)": "ZScoreNormalization per volume", "MRI": "ZScoreNormalization per volume"},
+            "modalities": sorted({s.modality for s in config.sources}),
+            "config": config_to_dict(config),
+        },
+    }
+
+
+def lr_at(step: int, config: PretrainConfig) -> float:
+    """Linear warm-up to ``lr``, then cosine decay to ``min_lr``."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(config.steps - config.warmup_steps, 1)
+    return config.min_lr + (config.lr - config.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases and norm weights (DINO's ``get_params_groups``)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@torch.no_grad()
+def monitors(student_logits: torch.Tensor, teacher_logits: torch.Tensor, embeddings: torch.Tensor,
+             loss_fn: DINOLoss, step: int) -> dict[str, float]:
+    """Collapse monitors: teacher entropy (0: one-hot collapse, log D: uniform collapse), KL(teacher || student) on the
+    global views, and the per-dimension std of L2-normalised embeddings (0: all embeddings equal)."""
+    q = loss_fn.teacher_probs(teacher_logits, step)
+    log_p = torch.log_softmax(student_logits[: len(q)].float() / loss_fn.student_temp, dim=-1)
+    entropy = -(q * torch.log(q.clamp_min(1e-12))).sum(-1).mean()
+    kl = (q * (torch.log(q.clamp_min(1e-12)) - log_p)).sum(-1).mean()
+    emb_std = torch.nn.functional.normalize(embeddings.float(), dim=-1).std(dim=0).mean()
+    return {k: D.all_reduce_mean(v).item() for k, v in
+            {"teacher_entropy": entropy, "kl": kl, "embedding_std": emb_std}.items()}
+
+
+def _setup_logging(output: Path) -> None:
+    log.setLevel(logging.INFO)
+    if D.rank() == 0 and not any(isinstance(h, logging.FileHandler) for h in log.handlers):
+        handler = logging.FileHandler(output / "train.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        log.addHandler(handler)
+
+
+def _check_resume(checkpoint: dict, plan: dict, config: PretrainConfig, path: Path) -> None:
+    if checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(f"{path} is not a pretraining checkpoint of this package (format {checkpoint.get('format')!r})")
+    if checkpoint["config"] != config_to_dict(config):
+        old, new = checkpoint["config"], config_to_dict(config)
+        differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise InputError(f"{path} was written with a different config ({', '.join(differ)} differ); resume with "
+                         f"the same config (see {path.parent / 'config.json'}) or start a new --output")
+    if checkpoint["adaptation_plan"] != plan:
+        old, new = checkpoint["adaptation_plan"], plan
+        differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise InputError(f"{path} was trained with a different network or data plan ({', '.join(differ)} differ); "
+                         f"resume with the config in {path.parent / 'config.json'} or start a new --output")
+
+
+def pretrain(config: PretrainConfig, output: str | Path, resume: bool = False, progress: bool = True) -> dict:
+    """Pretrain, checkpoint into ``output`` and export the teacher's encoder to ``output/encoder_export.pt``.
+
+    Returns ``{"export": path, "history": metrics per step, "center": DINO centre, "teacher": state_dict}``.
+    Under torchrun every process runs this; rank 0 writes files.
+    """
+    # --- setup: device, processes, output folder, config --------------------------------------------------------
+    output = Path(output)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else
+                          config.device)
+    D.init_distributed(device)
+    rank, world = D.rank(), D.world_size()
+    if device.type == "cuda":
+        device = torch.device("cuda", rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    output.mkdir(parents=True, exist_ok=True)
+    _setup_logging(output)
+    plan = adaptation_plan(config)
+    checkpoint = safe_load(output / LATEST) if resume else None
+    if resume:
+        _check_resume(checkpoint, plan, config, output / LATEST)
+    elif (output / LATEST).exists():
+        raise InputError(f"{output} already holds a run ({LATEST}); pass --resume to continue it or choose another "
+                         f"--output")
+    if rank == 0:
+        for stale in output.glob(".checkpoint*"):  # temporary files of a write that a kill interrupted
+            stale.unlink()
+        (output / "config.json").write_text(json.dumps(config_to_dict(config), indent=2))
+
+    # --- data: every process loads the pool; its batches differ by rank -----------------------------------------
+    from nnunetv2_xlstm_pretraining.views import MultiCropDataset
+
+    pool = load_pool(config, progress=progress and rank == 0)
+    counts = {m: sum(v.modality == m for v in pool) for m in ("CT", "MRI")}
+    log.info(f"pool: {len(pool)} volumes ({counts}), {sum(v.normalisation == 'ct_hu' for v in pool)} CT in HU")
+
+    # --- student, teacher (EMA of the student, no gradient), loss, optimiser -----------------------------------
+    torch.manual_seed(config.seed)
+    student = StudentTeacherNet(plan["architecture_plans"]["arch_kwargs"], config.out_dim, config.head_hidden_dim,
+                                config.head_bottleneck_dim).to(device)
+    teacher = deepcopy(student).requires_grad_(False)
+    loss_fn = DINOLoss(config.out_dim, config.teacher_temp, config.warmup_teacher_temp,
+                       config.warmup_teacher_temp_steps, config.student_temp, config.center_momentum).to(device)
+    optimizer = torch.optim.AdamW(param_groups(student, config.weight_decay), lr=config.lr)
+    history: dict[str, list[float]] = {}
+    start = 0
+    if checkpoint is not None:
+        student.load_state_dict(checkpoint["student"])
+        teacher.load_state_dict(checkpoint["teacher"])
+        loss_fn.center.copy_(checkpoint["center"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        torch.set_rng_state(checkpoint["rng_torch"])
+        history, start = checkpoint["history"], checkpoint["step"]
+        log.info(f"resumed from {output / LATEST} at step {start}")
+    student_ddp = DistributedDataParallel(student) if world > 1 else student
+
+    loader = torch.utils.data.DataLoader(
+        MultiCropDataset(pool, config, rank), batch_size=None, sampler=range(start, config.steps),
+        num_workers=config.num_workers, prefetch_factor=4 if config.num_workers else None,
+        persistent_workers=False, pin_memory=device.type == "cuda")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    def save(step: int) -> None:
+        state = {"format": CHECKPOINT_FORMAT, "step": step, "student": student.state_dict(),
+                 "teacher": teacher.state_dict(), "center": loss_fn.center.detach().cpu(),
+                 "optimizer": optimizer.state_dict(), "rng_torch": torch.get_rng_state(), "history": history,
+                 "config": config_to_dict(config), "adaptation_plan": plan}
+        atomic_torch_save(state, output / f"checkpoint_step{step}.pt")
+        atomic_torch_save(state, output / LATEST)
+
+    # --- the loop ----------------------------------------------------------------------------------------------
+    bar = tqdm(total=config.steps, initial=start, desc="pretraining", disable=not progress or rank != 0)
+    t_step = time.perf_counter()
+    for step, (global_views, local_views, _) in zip(range(start, config.steps), loader):
+        t_data = time.perf_counter() - t_step
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, config)
+        # view-major batches: all first global views, all second ones, then each local view
+        globals_ = global_views.transpose(0, 1).flatten(0, 1).to(device, non_blocking=True)
+        locals_ = local_views.transpose(0, 1).flatten(0, 1).to(device, non_blocking=True)
+        with autocast:
+            teacher_logits, _ = teacher(globals_)
+            student_logits, embeddings = student_ddp(globals_, locals_)
+            loss = loss_fn(student_logits, teacher_logits, step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(student.parameters(), config.clip_grad)
+        optimizer.step()
+        momentum = teacher_momentum(step, config.steps, config.teacher_momentum)
+        ema_update(teacher, student, momentum)
+
+        t_total = time.perf_counter() - t_step
+        t_step = time.perf_counter()
+        metrics = {"loss": D.all_reduce_mean(loss.detach()).item(), "lr": lr_at(step, config),
+                   "teacher_momentum": momentum, "grad_norm": float(grad_norm),
+                   **monitors(student_logits, teacher_logits, embeddings, loss_fn, step),
+                   "crops_per_s": world * len(global_views) * (2 + local_views.shape[1]) / t_total,
+                   "data_wait_fraction": t_data / t_total}
+        for k, v in metrics.items():
+            history.setdefault(k, []).append(v)
+        done = step + 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{metrics['loss']:.3f}", H=f"{metrics['teacher_entropy']:.2f}",
+                        wait=f"{metrics['data_wait_fraction']:.0%}")
+        if rank == 0:
+            if done % config.log_every == 0 or done == config.steps:
+                log.info(f"step {done}/{config.steps} " + " ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+            if done % config.plot_every == 0 or done == config.steps:
+                plot_history(history, output / "progress.png", config.out_dim)
+            if done % config.save_every == 0 or done == config.steps:
+                save(done)
+    bar.close()
+
+    if rank == 0:
+        save_exported_encoder(output / EXPORT, teacher.encoder_state_dict(), plan)
+        log.info(f"exported the teacher's encoder to {output / EXPORT}")
+    return {"export": output / EXPORT, "history": history, "center": loss_fn.center.detach().cpu(),
+            "teacher": teacher.state_dict()}
+
+
+def describe(config: PretrainConfig) -> str:
+    """One line for logs: the run's size."""
+    c = dataclasses.asdict(config)
+    return (f"{config.steps} steps x {config.batch_size} volumes x (2 global {c['global_crop_voxels']} + "
+            f"{config.num_local_crops} local {c['local_crop_voxels']}) at {c['target_spacing']} mm, "
+            f"{len(config.sources)} source(s)")
+

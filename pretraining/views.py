@@ -1,0 +1,113 @@
+"""Multi-crop 3D views with batchgeneratorsv2 augmentation, as a dataset whose item ``s`` is the batch of step ``s``.
+
+Every random draw of a batch is seeded by ``(seed, rank, step)``, so a batch does not depend on which worker made it
+or on what came before: ``--resume`` replays exactly the same data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from batchgeneratorsv2.transforms.intensity.brightness import MultiplicativeBrightnessTransform
+from batchgeneratorsv2.transforms.intensity.contrast import BGContrast, ContrastTransform
+from batchgeneratorsv2.transforms.intensity.gamma import GammaTransform
+from batchgeneratorsv2.transforms.intensity.gaussian_noise import GaussianNoiseTransform
+from batchgeneratorsv2.transforms.noise.gaussian_blur import GaussianBlurTransform
+from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
+from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
+from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
+from batchgeneratorsv2.transforms.utils.random import RandomTransform
+from torch.nn import functional as F
+
+from nnunetv2_xlstm_pretraining.config import PretrainConfig
+from nnunetv2_xlstm_pretraining.data import Volume, sample_crop_box, sample_volume
+
+
+def view_augmentation(view_shape: list[int], strong: bool) -> ComposeTransforms:
+    """Spatial (rotation, scaling), intensity (brightness, contrast, gamma), noise, blur and mirroring.
+
+    ``strong`` (DINO's asymmetric views: local crops and the second global crop) raises the blur and noise odds.
+    """
+    p_blur, p_noise = (0.5, 0.3) if strong else (0.1, 0.1)
+    return ComposeTransforms([
+        SpatialTransform(view_shape, patch_center_dist_from_border=0, random_crop=False, p_elastic_deform=0,
+                         p_rotation=0.3, rotation=(-0.52, 0.52), p_scaling=0.3, scaling=(0.8, 1.25),
+                         p_synchronize_scaling_across_axes=1),
+        RandomTransform(GaussianNoiseTransform(noise_variance=(0, 0.1), p_per_channel=1, synchronize_channels=True),
+                        apply_probability=p_noise),
+        RandomTransform(GaussianBlurTransform(blur_sigma=(0.5, 1.5), synchronize_channels=False,
+                                              synchronize_axes=False, p_per_channel=1), apply_probability=p_blur),
+        RandomTransform(MultiplicativeBrightnessTransform(multiplier_range=BGContrast((0.7, 1.3)),
+                                                          synchronize_channels=False, p_per_channel=1),
+                        apply_probability=0.5),
+        RandomTransform(ContrastTransform(contrast_range=BGContrast((0.7, 1.3)), preserve_range=True,
+                                          synchronize_channels=False, p_per_channel=1), apply_probability=0.5),
+        RandomTransform(GammaTransform(gamma=BGContrast((0.7, 1.5)), p_invert_image=0, synchronize_channels=False,
+                                       p_per_channel=1, p_retain_stats=1), apply_probability=0.3),
+        MirrorTransform(allowed_axes=(0, 1, 2)),
+    ])
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Seed torch's and numpy's global RNGs (which batchgeneratorsv2 uses) inside the block, restore them after."""
+    state = np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2 ** 32)
+        try:
+            yield
+        finally:
+            np.random.set_state(state)
+
+
+def extract_view(volume: Volume, start: np.ndarray, size: np.ndarray, shape: list[int]) -> torch.Tensor:
+    """The box ``start:start+size`` of ``volume``, resampled (trilinear) to ``shape``: ``(1, *shape)`` float32."""
+    box = volume.image[tuple(slice(s, s + n) for s, n in zip(start, size))]
+    view = torch.from_numpy(np.ascontiguousarray(box))[None, None]
+    return F.interpolate(view, size=tuple(shape), mode="trilinear", align_corners=False)[0]
+
+
+class MultiCropDataset(torch.utils.data.Dataset):
+    """Item ``step``: ``(global_views (B, 2, 1, *G), local_views (B, L, 1, *l), modalities list[str])``."""
+
+    def __init__(self, pool: list[Volume], config: PretrainConfig, rank: int = 0) -> None:
+        self.pool, self.config, self.rank = pool, config, rank
+        self.spacing = np.asarray(config.target_spacing)
+        self.global_aug = view_augmentation(config.global_crop_voxels, strong=False)
+        self.strong_global_aug = view_augmentation(config.global_crop_voxels, strong=True)
+        self.local_aug = view_augmentation(config.local_crop_voxels, strong=True)
+
+    def __len__(self) -> int:
+        return self.config.steps
+
+    def views(self, volume: Volume, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.config
+        globals_, locals_ = [], []
+        for i in range(2):
+            start, size = sample_crop_box(volume, rng, np.asarray(c.global_crop_mm), tuple(c.global_scale),
+                                          self.spacing, c.foreground_fraction)
+            aug = self.global_aug if i == 0 else self.strong_global_aug
+            globals_.append(aug(image=extract_view(volume, start, size, c.global_crop_voxels))["image"])
+        for _ in range(c.num_local_crops):
+            start, size = sample_crop_box(volume, rng, np.asarray(c.global_crop_mm), tuple(c.local_scale),
+                                          self.spacing, c.foreground_fraction)
+            locals_.append(self.local_aug(image=extract_view(volume, start, size, c.local_crop_voxels))["image"])
+        empty = torch.zeros(0, 1, *c.local_crop_voxels)
+        return torch.stack(globals_), torch.stack(locals_) if locals_ else empty
+
+    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        seed = int(np.random.SeedSequence([self.config.seed, self.rank, step]).generate_state(1)[0])
+        rng = np.random.default_rng(seed)
+        g, l, modalities = [], [], []
+        with seeded(seed):
+            for _ in range(self.config.batch_size):
+                volume = sample_volume(self.pool, rng, self.config.ct_fraction)
+                gv, lv = self.views(volume, rng)
+                g.append(gv)
+                l.append(lv)
+                modalities.append(volume.modality)
+        return torch.stack(g), torch.stack(l), modalities

@@ -1,0 +1,281 @@
+"""The standalone pretraining module: loss, EMA, crops, normalisation, sampling, config, resume, DDP, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from nnunetv2_xlstm.checkpoints import load_exported_encoder, safe_load
+from nnunetv2_xlstm.env import InputError
+from nnunetv2_xlstm_pretraining import data as D
+from nnunetv2_xlstm_pretraining.cli import parse_source, pretrain_entry
+from nnunetv2_xlstm_pretraining.config import PretrainConfig, SourceConfig, load_config
+from nnunetv2_xlstm_pretraining.ema import ema_update, teacher_momentum
+from nnunetv2_xlstm_pretraining.loss import DINOLoss
+from nnunetv2_xlstm_pretraining.model import build_xlstm_unet
+from nnunetv2_xlstm_pretraining.train import pretrain
+
+
+# ---------------------------------------------------------------------------------------------- synthetic sources
+def write_volume(path: Path, array: np.ndarray, spacing: float = 2.0) -> Path:
+    img = sitk.GetImageFromArray(array.astype(np.float32))
+    img.SetSpacing((spacing,) * 3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(img, str(path))
+    return path
+
+
+def body_phantom(rng: np.random.Generator, modality: str, shape=(28, 28, 28)) -> np.ndarray:
+    z, y, x = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    body = (y ** 2 + x ** 2) < 0.8
+    blob = ((z - rng.uniform(-.3, .3)) ** 2 + (y - rng.uniform(-.3, .3)) ** 2 + x ** 2) < 0.1
+    if modality == "CT":
+        img = np.where(body, 40.0, -1000.0) + np.where(blob, 300.0, 0.0)
+        return img + rng.normal(0, 10, shape)
+    return np.where(body, 300.0, 5.0) + np.where(blob, 600.0, 0.0) + rng.normal(0, 10, shape)
+
+
+@pytest.fixture
+def sources(tmp_path: Path) -> list[SourceConfig]:
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        write_volume(tmp_path / "ct" / f"ct{i}.nii.gz", body_phantom(rng, "CT"))
+        write_volume(tmp_path / "mri" / f"mr{i}.nii.gz", body_phantom(rng, "MRI"))
+    return [SourceConfig(str(tmp_path / "ct"), "CT"), SourceConfig(str(tmp_path / "mri"), "MRI")]
+
+
+def smoke_config(sources: list[SourceConfig], **overrides) -> PretrainConfig:
+    config = load_config(preset="smoke", overrides=[f"{k}={v}" for k, v in overrides.items()])
+    config.sources = sources
+    config.device = "cpu"
+    return config
+
+
+# ---------------------------------------------------------------------------------------------- loss, centre, EMA
+def test_dino_loss_equals_reference_formula() -> None:
+    torch.manual_seed(0)
+    batch, dim, n_views = 3, 16, 4
+    student, teacher = torch.randn(n_views * batch, dim), torch.randn(2 * batch, dim)
+    loss_fn = DINOLoss(dim, teacher_temp=0.05, student_temp=0.2, center_momentum=0.9)
+    loss_fn.center.copy_(torch.randn(1, dim))
+    c = loss_fn.center.numpy().copy()
+    s, t = student.double().numpy(), teacher.double().numpy()
+
+    def softmax(a):
+        e = np.exp(a - a.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    expected, terms = 0.0, 0
+    for iq in range(2):
+        q = softmax((t[iq * batch:(iq + 1) * batch] - c) / 0.05)
+        for v in range(n_views):
+            if v == iq:
+                continue
+            log_p = np.log(softmax(s[v * batch:(v + 1) * batch] / 0.2))
+            expected += np.mean(np.sum(-q * log_p, axis=-1))
+            terms += 1
+    loss = loss_fn(student, teacher, step=0)
+    assert terms == 6 and math.isclose(loss.item(), expected / terms, rel_tol=1e-5)
+    # the centre moved to 0.9 * old + 0.1 * batch mean of the teacher output
+    np.testing.assert_allclose(loss_fn.center.numpy(), 0.9 * c + 0.1 * t.mean(0, keepdims=True), rtol=1e-5)
+
+
+def test_teacher_temperature_warmup() -> None:
+    loss_fn = DINOLoss(8, teacher_temp=0.07, warmup_teacher_temp=0.04, warmup_steps=10)
+    assert loss_fn.teacher_temp_at(0) == 0.04 and math.isclose(loss_fn.teacher_temp_at(5), 0.055)
+    assert loss_fn.teacher_temp_at(10) == loss_fn.teacher_temp_at(99) == 0.07
+
+
+def test_teacher_momentum_schedule_and_ema_update() -> None:
+    assert teacher_momentum(0, 100, 0.996) == pytest.approx(0.996)
+    assert teacher_momentum(100, 100, 0.996) == pytest.approx(1.0)
+    assert teacher_momentum(50, 100, 0.996) == pytest.approx(0.998)
+    values = [teacher_momentum(s, 100, 0.99) for s in range(101)]
+    assert all(a <= b for a, b in zip(values, values[1:]))
+    student, teacher = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    s0, t0 = student.weight.detach().clone(), teacher.weight.detach().clone()
+    ema_update(teacher, student, 0.9)
+    torch.testing.assert_close(teacher.weight, 0.9 * t0 + 0.1 * s0)
+    torch.testing.assert_close(student.weight, s0)
+
+
+# ---------------------------------------------------------------------------------------------- data
+def test_crop_geometry_physical_size_and_inside(sources: list[SourceConfig]) -> None:
+    config = smoke_config(sources)
+    pool = D.load_pool(config, progress=False)
+    rng = np.random.default_rng(0)
+    spacing = np.asarray(config.target_spacing)
+    crop_mm = np.asarray([40.0, 40.0, 40.0])
+    for _ in range(200):
+        volume = pool[rng.integers(len(pool))]
+        start, size = D.sample_crop_box(volume, rng, crop_mm, (0.25, 0.5), spacing, 0.9)
+        physical = size * spacing
+        assert np.all(physical >= 0.25 * 40 - spacing) and np.all(physical <= 0.5 * 40 + spacing)
+        assert len(set(size)) == 1  # isotropic
+        assert np.all(start >= 0) and np.all(start + size <= volume.image.shape)
+    big = np.asarray([500.0] * 3)  # larger than the volume: clamped to it
+    start, size = D.sample_crop_box(pool[0], rng, big, (1.0, 1.0), spacing, 1.0)
+    assert np.array_equal(size, pool[0].image.shape) and not start.any()
+
+
+def test_normalisation_per_modality(tmp_path: Path, sources: list[SourceConfig]) -> None:
+    rng = np.random.default_rng(1)
+    hu = body_phantom(rng, "CT")
+    assert D.looks_like_hu(hu)
+    assert not D.looks_like_hu((hu + 1000) / 3000 * 255)  # 8-bit windowed CT
+    assert not D.looks_like_hu((hu - hu.mean()) / hu.std())  # already normalised CT
+    stats = D.ct_statistics([hu])
+    fg = hu[hu > -500]
+    assert stats.lower == pytest.approx(np.percentile(fg, 0.5)) and stats.upper == pytest.approx(np.percentile(fg, 99.5))
+    clipped = np.clip(hu, stats.lower, stats.upper)
+    np.testing.assert_allclose(D.normalise_ct(hu, stats), (clipped - stats.mean) / stats.std, rtol=1e-5, atol=1e-5)
+    z = D.zscore(hu)
+    assert abs(z.mean()) < 1e-4 and abs(z.std() - 1) < 1e-4
+    # a CT source that is not in HU is z-scored per volume, auto-detected or declared
+    write_volume(tmp_path / "ct8bit" / "a.nii.gz", (hu + 1000) / 3000 * 255)
+    for hu_flag in ("auto", False):
+        config = smoke_config([SourceConfig(str(tmp_path / "ct8bit"), "CT", hu_flag), *sources])
+        pool = D.load_pool(config, progress=False)
+        norms = {Path(v.path).parent.name: v.normalisation for v in pool}
+        assert norms == {"ct8bit": "zscore", "ct": "ct_hu", "mri": "zscore"}
+        eight_bit = next(v for v in pool if "ct8bit" in v.path).image
+        assert abs(eight_bit.mean()) < 1e-3 and abs(eight_bit.std() - 1) < 1e-3
+
+
+def test_balanced_sampling_ratio(sources: list[SourceConfig]) -> None:
+    pool = [D.Volume("ct", "CT", "ct_hu", np.zeros(1), np.zeros((0, 3)))] + \
+           [D.Volume(f"mr{i}", "MRI", "zscore", np.zeros(1), np.zeros((0, 3))) for i in range(40)]
+    rng = np.random.default_rng(0)
+    for fraction in (0.2, 0.5):
+        draws = [D.sample_volume(pool, rng, fraction).modality for _ in range(5000)]
+        share = draws.count("CT") / len(draws)
+        assert abs(share - fraction) < 4 * math.sqrt(fraction * (1 - fraction) / 5000)
+
+
+def test_nnunet_raw_source_takes_channel_zero_images(tmp_path: Path) -> None:
+    root = tmp_path / "Dataset001_X"
+    write_volume(root / "imagesTr" / "a_0000.nii.gz", np.zeros((4, 4, 4)))
+    write_volume(root / "imagesTr" / "a_0001.nii.gz", np.zeros((4, 4, 4)))
+    write_volume(root / "imagesTs" / "b_0000.nii.gz", np.zeros((4, 4, 4)))
+    write_volume(root / "labelsTr" / "a.nii.gz", np.zeros((4, 4, 4)))
+    (root / "dataset.json").write_text(json.dumps({"file_ending": ".nii.gz"}))
+    files = D.list_source_files(SourceConfig(str(root), "MRI"))
+    assert [f.name for f in files] == ["a_0000.nii.gz", "b_0000.nii.gz"]
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+def test_bad_inputs_name_the_file_and_the_fix(tmp_path: Path, sources: list[SourceConfig]) -> None:
+    bad = tmp_path / "bad"
+    (bad / "broken.nii.gz").parent.mkdir()
+    (bad / "broken.nii.gz").write_bytes(b"not an image")
+    with pytest.raises(InputError, match=r"broken.nii.gz cannot be read.*remove it"):
+        D.load_pool(smoke_config([SourceConfig(str(bad), "MRI")]), progress=False)
+    four_d = sitk.JoinSeries([sitk.GetImageFromArray(np.zeros((8, 8, 8), np.float32))] * 2)
+    (tmp_path / "4d").mkdir()
+    sitk.WriteImage(four_d, str(tmp_path / "4d" / "series.nii.gz"))
+    with pytest.raises(InputError, match=r"series.nii.gz is a 4D image.*split"):
+        D.load_pool(smoke_config([SourceConfig(str(tmp_path / "4d"), "MRI")]), progress=False)
+    nan = body_phantom(np.random.default_rng(0), "MRI")
+    nan[3, 3, 3] = np.nan
+    write_volume(tmp_path / "nan" / "n.mha", nan)  # NIfTI I/O in ITK drops NaN; MetaImage keeps it
+    with pytest.raises(InputError, match=r"n.mha has 1 NaN/Inf voxels"):
+        D.load_pool(smoke_config([SourceConfig(str(tmp_path / "nan"), "MRI")]), progress=False)
+    write_volume(tmp_path / "small" / "s.nii.gz", np.ones((4, 30, 30)))
+    with pytest.raises(InputError, match=r"s.nii.gz is .* smaller than the smallest global crop"):
+        D.load_pool(smoke_config([SourceConfig(str(tmp_path / "small"), "MRI")]), progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match=r"empty holds no images"):
+        D.load_pool(smoke_config([SourceConfig(str(tmp_path / "empty"), "MRI")]), progress=False)
+    with pytest.raises(InputError, match="no sources"):
+        D.load_pool(smoke_config([]), progress=False)
+    with pytest.raises(InputError, match="unknown modality 'PET'"):
+        parse_source(f"{tmp_path}:PET")
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text("sources:\n  - {path: /x, modality: PET}\n")
+    with pytest.raises(InputError, match=r"c.yaml.*'PET' is not one of 'CT', 'MRI'"):
+        load_config(config_file)
+
+
+def test_config_precedence_and_typos(tmp_path: Path) -> None:
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text("steps: 77\nbatch_size: 3\nnetwork:\n  mlstm_blocks_per_stage: 4\n")
+    config = load_config(config_file, preset="cpu", overrides=["batch_size=5", "network.strides=[1,2,2,2]"])
+    assert config.steps == 77 and config.batch_size == 5  # file over preset, --set over file
+    assert config.network.mlstm_blocks_per_stage == 4 and config.network.strides == [1, 2, 2, 2]
+    assert config.num_local_crops == 4 and config.lr == PretrainConfig().lr  # preset, then default
+    config_file.write_text("stesp: 10\n")
+    with pytest.raises(InputError, match=r"c.yaml: unknown key 'stesp'; did you mean 'steps'\?"):
+        load_config(config_file)
+    with pytest.raises(InputError, match=r"network.*unknown key 'strides_'.*'strides'"):
+        load_config(overrides=["network.strides_=[1]"])
+    with pytest.raises(InputError, match=r"steps: expected int, got 'many'"):
+        load_config(overrides=["steps=many"])
+
+
+# ---------------------------------------------------------------------------------------------- runs
+def _teacher_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_is_bit_identical_on_cpu(tmp_path: Path, sources: list[SourceConfig]) -> None:
+    config = smoke_config(sources)
+    full = pretrain(config, tmp_path / "full", progress=False)
+    assert (tmp_path / "full" / "checkpoint_step3.pt").is_file() and (tmp_path / "full" / "progress.png").is_file()
+    assert json.loads((tmp_path / "full" / "config.json").read_text())["steps"] == 6
+    (tmp_path / "resumed").mkdir()
+    shutil.copy(tmp_path / "full" / "checkpoint_step3.pt", tmp_path / "resumed" / "checkpoint_latest.pt")
+    resumed = pretrain(config, tmp_path / "resumed", resume=True, progress=False)
+    assert resumed["history"]["loss"] == full["history"]["loss"]
+    assert torch.equal(resumed["center"], full["center"]) and _teacher_equal(resumed["teacher"], full["teacher"])
+    with pytest.raises(InputError, match="already holds a run.*--resume"):
+        pretrain(config, tmp_path / "full", progress=False)
+    other = smoke_config(sources, steps=8)
+    with pytest.raises(InputError, match="different config.*steps"):
+        pretrain(other, tmp_path / "full", resume=True, progress=False)
+
+
+def test_export_loads_into_xlstmunet_with_every_encoder_key(tmp_path: Path, sources: list[SourceConfig]) -> None:
+    result = pretrain(smoke_config(sources), tmp_path / "run", progress=False)
+    weights, plan = load_exported_encoder(result["export"])
+    net = build_xlstm_unet(plan["architecture_plans"]["arch_kwargs"], plan["pretrain_num_input_channels"], 4)
+    encoder_keys = {k for k in net.state_dict() if k.startswith((plan["key_to_encoder"], plan["key_to_stem"]))}
+    assert set(weights) == encoder_keys and any(".mlstm." in k for k in weights)
+    missing, unexpected = net.load_state_dict(weights, strict=False)
+    assert unexpected == [] and all(k.startswith("decoder.") for k in missing)
+    assert torch.equal(net.state_dict()["encoder.stem.convs.0.conv.weight"], weights["encoder.stem.convs.0.conv.weight"])
+    assert plan["pretrain_plan"]["modalities"] == ["CT", "MRI"] and plan["pretrain_plan"]["target_spacing"] == [2.0] * 3
+    with pytest.raises(InputError, match="not an exported encoder"):
+        load_exported_encoder(tmp_path / "run" / "checkpoint_latest.pt")
+    torch.save({"x": torch.nn.Linear(1, 1)}, tmp_path / "evil.pt")  # a pickled module: refused, never unpickled
+    with pytest.raises(InputError, match="never unpickle"):
+        safe_load(tmp_path / "evil.pt")
+
+
+def test_cli_survives_a_kill_and_resumes(tmp_path: Path, sources: list[SourceConfig]) -> None:
+    out = tmp_path / "run"
+    args = ["--preset", "smoke", "--output", str(out), "--set", "steps=30", "--set", "save_every=2", "--set",
+            "device=cpu", "--no_pbar", *[a for s in sources for a in ("--source", f"{s.path}:{s.modality}")]]
+    proc = subprocess.Popen([sys.executable, "-m", "nnunetv2_xlstm_pretraining.cli", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "checkpoint_step4.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    latest = safe_load(out / "checkpoint_latest.pt")  # intact, whenever the kill landed
+    assert latest["step"] >= 4 and latest["step"] % 2 == 0
+    pretrain_entry([*args, "--resume"])
+    assert safe_load(out / "checkpoint_latest.pt")["step"] == 30 and (out / "encoder_export.pt").is_file()
+    assert not list(out.glob(".*"))  # temporary files of the killed write are cleared on resume
