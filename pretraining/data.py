@@ -152,16 +152,21 @@ def sample_volume(pool: list[Volume], rng: np.random.Generator, ct_fraction: flo
     return group[rng.integers(len(group))]
 
 
+def sample_anchor(volume: Volume, rng: np.random.Generator, foreground_fraction: float) -> np.ndarray:
+    """A voxel inside the body mask with probability ``foreground_fraction``, else anywhere: the centre of a sample's
+    views."""
+    if len(volume.foreground) and rng.random() < foreground_fraction:
+        return volume.foreground[rng.integers(len(volume.foreground))].astype(float)
+    return rng.uniform(0, volume.image.shape)
+
+
 def sample_crop_box(volume: Volume, rng: np.random.Generator, crop_mm: np.ndarray, scale: tuple[float, float],
-                    spacing: np.ndarray, foreground_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+                    spacing: np.ndarray, anchor: np.ndarray, max_shift_mm: float) -> tuple[np.ndarray, np.ndarray]:
     """A crop of physical size ``scale * crop_mm`` (scale uniform in ``scale``, isotropic, clamped to the volume),
-    centred on a foreground voxel with probability ``foreground_fraction``; returns (start, size) in voxels, inside
-    the volume."""
+    centred within ``max_shift_mm`` of ``anchor`` (voxel coordinates); returns (start, size) in voxels, inside the
+    volume. Sharing the anchor makes a sample's views overlap, as DINO's crops of one object-centred image do."""
     shape = np.asarray(volume.image.shape)
     size = np.clip(np.round(crop_mm * rng.uniform(*scale) / spacing).astype(int), 1, shape)
-    if len(volume.foreground) and rng.random() < foreground_fraction:
-        centre = volume.foreground[rng.integers(len(volume.foreground))]
-    else:
-        centre = rng.integers(0, shape)
+    centre = np.round(anchor + rng.uniform(-max_shift_mm, max_shift_mm, 3) / spacing).astype(int)
     start = np.clip(centre - size // 2, 0, shape - size)
     return start, size

@@ -43,41 +43,55 @@ def build_xlstm_unet(arch_kwargs: dict, input_channels: int = 1, num_classes: in
 
 
 class DINOHead(nn.Module):
-    """DINO projection head: 3-layer MLP (GELU) to a bottleneck, L2-normalised, then a weight-normalised linear layer
-    with unit-norm rows (DINO's ``norm_last_layer=True``)."""
+    """DINO projection head over a bottleneck token grid, with BatchNorm (DINO's ``use_bn_in_head``, as for ResNets).
+
+    Tokens ``(N, T, C)`` are projected one by one (Linear + GELU) and averaged. The XLSTMUNet encoder is
+    instance-normalised, so its pooled features are nearly equal for all crops (cosine ~0.9 at init); without batch
+    normalisation in the head the teacher collapsed to a uniform output within 60 steps in our real CPU runs, with EMA
+    and with Sinkhorn-Knopp centring alike. Then: MLP (Linear, BN, GELU) to a bottleneck, L2 normalisation, and a
+    weight-normalised linear layer with unit-norm rows (``norm_last_layer=True``).
+    """
 
     def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 1024, bottleneck_dim: int = 256) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, hidden_dim),
-                                 nn.GELU(), nn.Linear(hidden_dim, bottleneck_dim))
-        for m in self.mlp:
+        self.token_proj = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU())
+        self.mlp = nn.Sequential(nn.BatchNorm1d(hidden_dim), nn.Linear(hidden_dim, hidden_dim),
+                                 nn.BatchNorm1d(hidden_dim), nn.GELU(), nn.Linear(hidden_dim, bottleneck_dim))
+        for m in [*self.token_proj, *self.mlp]:
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
         self.last_weight = nn.Parameter(torch.empty(out_dim, bottleneck_dim))
         nn.init.trunc_normal_(self.last_weight, std=0.02)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.normalize(self.mlp(x), dim=-1)
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``(N, T, C)`` tokens -> ``(N, hidden)`` embedding (projected, then averaged)."""
+        return self.token_proj(tokens).mean(dim=1)
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        """Logits of embeddings ``(..., hidden)`` (pooled ones, or projected tokens for iBOT)."""
+        x = F.normalize(self.mlp(embedding.flatten(0, -2)), dim=-1).unflatten(0, embedding.shape[:-1])
         return F.linear(x, F.normalize(self.last_weight, dim=-1))
 
 
 class StudentTeacherNet(nn.Module):
     """Encoder + head. ``forward(*view_groups)`` takes batches of equal-size views (e.g. globals, then locals) and
-    returns ``(logits (N, out_dim), embeddings (N, C))`` for all views concatenated in the given order."""
+    returns ``(logits (N, out_dim), embeddings (N, hidden))`` for all views concatenated in the given order."""
 
     def __init__(self, arch_kwargs: dict, out_dim: int, hidden_dim: int, bottleneck_dim: int) -> None:
         super().__init__()
         self.encoder = build_xlstm_unet(arch_kwargs).encoder
         self.head = DINOHead(self.encoder.output_channels[-1], out_dim, hidden_dim, bottleneck_dim)
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Global average pool of the bottleneck: ``(B, C)``."""
-        return self.encoder(x)[-1].float().mean(dim=tuple(range(2, x.ndim)))
-
-    def forward(self, *view_groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        emb = torch.cat([self.embed(v) for v in view_groups if len(v)])
-        return self.head(emb), emb
+    def forward(self, *view_groups: torch.Tensor, tokens: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits and pooled embeddings of all views; with ``tokens``, also the head's logits for every bottleneck
+        token of the first group, ``(N, T, out_dim)`` (iBOT)."""
+        grids = [self.encoder(v)[-1].float().flatten(2).transpose(1, 2) for v in view_groups if len(v)]
+        emb = torch.cat([self.head.embed(g) for g in grids])
+        if not tokens:
+            return self.head(emb), emb
+        return self.head(emb), emb, self.head(self.head.token_proj(grids[0]))
 
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:
         """The encoder's weights under XLSTMUNet's key names (``encoder.stem.*``, ``encoder.stages.*``)."""

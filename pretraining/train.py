@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -21,6 +22,7 @@ from nnunetv2_xlstm_pretraining import distributed as D
 from nnunetv2_xlstm_pretraining.config import PretrainConfig, config_to_dict
 from nnunetv2_xlstm_pretraining.data import load_pool
 from nnunetv2_xlstm_pretraining.ema import ema_update, teacher_momentum
+from nnunetv2_xlstm_pretraining.ibot_loss import IBOTPatchLoss
 from nnunetv2_xlstm_pretraining.loss import DINOLoss
 from nnunetv2_xlstm_pretraining.model import (
     ARCH_CLASS_NAME,
@@ -96,18 +98,15 @@ def _setup_logging(output: Path) -> None:
 
 
 def _check_resume(checkpoint: dict, plan: dict, config: PretrainConfig, path: Path) -> None:
+    """Refuse to resume from a file that is not ours, or that another config or adaptation plan wrote."""
     if checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"{path} is not a pretraining checkpoint of this package (format {checkpoint.get('format')!r})")
-    if checkpoint["config"] != config_to_dict(config):
-        old, new = checkpoint["config"], config_to_dict(config)
-        differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        raise InputError(f"{path} was written with a different config ({', '.join(differ)} differ); resume with "
-                         f"the same config (see {path.parent / 'config.json'}) or start a new --output")
-    if checkpoint["adaptation_plan"] != plan:
-        old, new = checkpoint["adaptation_plan"], plan
-        differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        raise InputError(f"{path} was trained with a different network or data plan ({', '.join(differ)} differ); "
-                         f"resume with the config in {path.parent / 'config.json'} or start a new --output")
+    for what, old, new in (("config", checkpoint["config"], config_to_dict(config)),
+                           ("adaptation plan", checkpoint["adaptation_plan"], plan)):
+        if old != new:
+            differ = ", ".join(sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)))
+            raise InputError(f"{path} was written with a different {what} ({differ} differ); resume with the same "
+                             f"config (see {path.parent / 'config.json'}) or start a new --output")
 
 
 def pretrain(config: PretrainConfig, output: str | Path, resume: bool = False, progress: bool = True) -> dict:
@@ -140,7 +139,7 @@ def pretrain(config: PretrainConfig, output: str | Path, resume: bool = False, p
         (output / "config.json").write_text(json.dumps(config_to_dict(config), indent=2))
 
     # --- data: every process loads the pool; its batches differ by rank -----------------------------------------
-    from nnunetv2_xlstm_pretraining.views import MultiCropDataset
+    from nnunetv2_xlstm_pretraining.views import MultiCropDataset, token_grid
 
     pool = load_pool(config, progress=progress and rank == 0)
     counts = {m: sum(v.modality == m for v in pool) for m in ("CT", "MRI")}
@@ -152,7 +151,10 @@ def pretrain(config: PretrainConfig, output: str | Path, resume: bool = False, p
                                 config.head_bottleneck_dim).to(device)
     teacher = deepcopy(student).requires_grad_(False)
     loss_fn = DINOLoss(config.out_dim, config.teacher_temp, config.warmup_teacher_temp,
-                       config.warmup_teacher_temp_steps, config.student_temp, config.center_momentum).to(device)
+                       config.warmup_teacher_temp_steps, config.student_temp, config.center_momentum,
+                       config.centering).to(device)
+    ibot_loss = IBOTPatchLoss(config.out_dim, config.teacher_temp, config.student_temp,
+                              config.center_momentum).to(device) if config.ibot else None
     optimizer = torch.optim.AdamW(param_groups(student, config.weight_decay), lr=config.lr)
     history: dict[str, list[float]] = {}
     start = 0
@@ -160,10 +162,14 @@ def pretrain(config: PretrainConfig, output: str | Path, resume: bool = False, p
         student.load_state_dict(checkpoint["student"])
         teacher.load_state_dict(checkpoint["teacher"])
         loss_fn.center.copy_(checkpoint["center"])
+        if ibot_loss is not None:
+            ibot_loss.center.copy_(checkpoint["ibot_center"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         torch.set_rng_state(checkpoint["rng_torch"])
         history, start = checkpoint["history"], checkpoint["step"]
         log.info(f"resumed from {output / LATEST} at step {start}")
+    if world > 1 and device.type == "cuda":  # head batch statistics over all GPUs, as DINO (SyncBN needs CUDA)
+        student, teacher = (nn.SyncBatchNorm.convert_sync_batchnorm(m) for m in (student, teacher))
     student_ddp = DistributedDataParallel(student) if world > 1 else student
 
     loader = torch.utils.data.DataLoader(
@@ -175,6 +181,7 @@ def pretrain(config: PretrainConfig, output: str | Path, resume: bool = False, p
     def save(step: int) -> None:
         state = {"format": CHECKPOINT_FORMAT, "step": step, "student": student.state_dict(),
                  "teacher": teacher.state_dict(), "center": loss_fn.center.detach().cpu(),
+                 **({"ibot_center": ibot_loss.center.detach().cpu()} if ibot_loss is not None else {}),
                  "optimizer": optimizer.state_dict(), "rng_torch": torch.get_rng_state(), "history": history,
                  "config": config_to_dict(config), "adaptation_plan": plan}
         atomic_torch_save(state, output / f"checkpoint_step{step}.pt")
@@ -183,7 +190,8 @@ def pretrain(config: PretrainConfig, output: str | Path, resume: bool = False, p
     # --- the loop ----------------------------------------------------------------------------------------------
     bar = tqdm(total=config.steps, initial=start, desc="pretraining", disable=not progress or rank != 0)
     t_step = time.perf_counter()
-    for step, (global_views, local_views, _) in zip(range(start, config.steps), loader):
+    grid = token_grid(config)
+    for step, (global_views, local_views, token_masks, _) in zip(range(start, config.steps), loader):
         t_data = time.perf_counter() - t_step
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config)
@@ -191,15 +199,24 @@ def pretrain(config: PretrainConfig, output: str | Path, resume: bool = False, p
         globals_ = global_views.transpose(0, 1).flatten(0, 1).to(device, non_blocking=True)
         locals_ = local_views.transpose(0, 1).flatten(0, 1).to(device, non_blocking=True)
         with autocast:
-            teacher_logits, _ = teacher(globals_)
-            student_logits, embeddings = student_ddp(globals_, locals_)
-            loss = loss_fn(student_logits, teacher_logits, step)
+            if ibot_loss is None:
+                teacher_logits, _ = teacher(globals_)
+                student_logits, embeddings = student_ddp(globals_, locals_)
+                loss = loss_fn(student_logits, teacher_logits, step)
+            else:  # the student sees its global views with the masked token cells blanked (0 = the z-score mean)
+                masks = token_masks.transpose(0, 1).flatten(0, 1).to(device)
+                blank = F.interpolate(masks.view(-1, 1, *grid).float(), size=globals_.shape[2:], mode="nearest")
+                teacher_logits, _, teacher_tokens = teacher(globals_, tokens=True)
+                student_logits, embeddings, student_tokens = student_ddp(globals_ * (1 - blank), locals_, tokens=True)
+                loss = loss_fn(student_logits, teacher_logits, step) + config.ibot_weight * ibot_loss(
+                    student_tokens, teacher_tokens, masks)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = nn.utils.clip_grad_norm_(student.parameters(), config.clip_grad)
         optimizer.step()
         momentum = teacher_momentum(step, config.steps, config.teacher_momentum)
         ema_update(teacher, student, momentum)
+        D.average_buffers(teacher)  # running statistics come from each rank's own batch
 
         t_total = time.perf_counter() - t_step
         t_step = time.perf_counter()

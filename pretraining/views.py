@@ -23,7 +23,7 @@ from batchgeneratorsv2.transforms.utils.random import RandomTransform
 from torch.nn import functional as F
 
 from nnunetv2_xlstm_pretraining.config import PretrainConfig
-from nnunetv2_xlstm_pretraining.data import Volume, sample_crop_box, sample_volume
+from nnunetv2_xlstm_pretraining.data import Volume, sample_anchor, sample_crop_box, sample_volume
 
 
 def view_augmentation(view_shape: list[int], strong: bool) -> ComposeTransforms:
@@ -71,8 +71,16 @@ def extract_view(volume: Volume, start: np.ndarray, size: np.ndarray, shape: lis
     return F.interpolate(view, size=tuple(shape), mode="trilinear", align_corners=False)[0]
 
 
+def token_grid(config: PretrainConfig) -> list[int]:
+    """The bottleneck token grid of a global view: crop voxels divided by the product of the encoder strides."""
+    total = int(np.prod(config.network.strides))
+    return [v // total for v in config.global_crop_voxels]
+
+
 class MultiCropDataset(torch.utils.data.Dataset):
-    """Item ``step``: ``(global_views (B, 2, 1, *G), local_views (B, L, 1, *l), modalities list[str])``."""
+    """Item ``step``: ``(global_views (B, 2, 1, *G), local_views (B, L, 1, *l), token_masks (B, 2, T) bool,
+    modalities list[str])``. Each global view's bottleneck tokens are masked (iBOT) with probability 0.5, at
+    ``ibot_mask_ratio``; all False unless ``ibot`` is on."""
 
     def __init__(self, pool: list[Volume], config: PretrainConfig, rank: int = 0) -> None:
         self.pool, self.config, self.rank = pool, config, rank
@@ -85,29 +93,41 @@ class MultiCropDataset(torch.utils.data.Dataset):
         return self.config.steps
 
     def views(self, volume: Volume, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """2 global views within a quarter, local views within half a global crop of one anchor in the body."""
         c = self.config
+        crop_mm = np.asarray(c.global_crop_mm)
+        anchor = sample_anchor(volume, rng, c.foreground_fraction)
         globals_, locals_ = [], []
         for i in range(2):
-            start, size = sample_crop_box(volume, rng, np.asarray(c.global_crop_mm), tuple(c.global_scale),
-                                          self.spacing, c.foreground_fraction)
+            start, size = sample_crop_box(volume, rng, crop_mm, tuple(c.global_scale), self.spacing, anchor,
+                                          0.25 * crop_mm.min())
             aug = self.global_aug if i == 0 else self.strong_global_aug
             globals_.append(aug(image=extract_view(volume, start, size, c.global_crop_voxels))["image"])
         for _ in range(c.num_local_crops):
-            start, size = sample_crop_box(volume, rng, np.asarray(c.global_crop_mm), tuple(c.local_scale),
-                                          self.spacing, c.foreground_fraction)
+            start, size = sample_crop_box(volume, rng, crop_mm, tuple(c.local_scale), self.spacing, anchor,
+                                          0.5 * crop_mm.min())
             locals_.append(self.local_aug(image=extract_view(volume, start, size, c.local_crop_voxels))["image"])
         empty = torch.zeros(0, 1, *c.local_crop_voxels)
         return torch.stack(globals_), torch.stack(locals_) if locals_ else empty
 
-    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    def token_masks(self, rng: np.random.Generator) -> torch.Tensor:
+        n_tokens = int(np.prod(token_grid(self.config)))
+        masks = np.zeros((2, n_tokens), bool)
+        for m in masks:
+            if self.config.ibot and rng.random() < 0.5:
+                m[rng.choice(n_tokens, max(1, round(self.config.ibot_mask_ratio * n_tokens)), replace=False)] = True
+        return torch.from_numpy(masks)
+
+    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
         seed = int(np.random.SeedSequence([self.config.seed, self.rank, step]).generate_state(1)[0])
         rng = np.random.default_rng(seed)
-        g, l, modalities = [], [], []
+        g, l, masks, modalities = [], [], [], []
         with seeded(seed):
             for _ in range(self.config.batch_size):
                 volume = sample_volume(self.pool, rng, self.config.ct_fraction)
                 gv, lv = self.views(volume, rng)
                 g.append(gv)
                 l.append(lv)
+                masks.append(self.token_masks(rng))
                 modalities.append(volume.modality)
-        return torch.stack(g), torch.stack(l), modalities
+        return torch.stack(g), torch.stack(l), torch.stack(masks), modalities

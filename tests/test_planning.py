@@ -50,6 +50,7 @@ def test_plans_name_xlstmunet_and_build_through_nnunet(phantom_dataset: Path, nn
 
 
 def test_memory_estimate_counts_the_mlstm(phantom_dataset: Path) -> None:
+    plan_and_preprocess([991], configurations=["3d_fullres"], num_processes_fingerprint=1, no_pp=True)  # fingerprint
     with_mlstm, without = XLSTMUNetPlanner(991), XLSTMUNetPlanner(991, n_mlstm_stages=0)
     kwargs = dict(n_stages=4, features_per_stage=(32, 64, 128, 256), conv_op="torch.nn.Conv3d", kernel_sizes=3,
                   strides=(1, 2, 2, 2), n_blocks_per_stage=(1, 3, 4, 6), n_conv_per_stage_decoder=(1, 1, 1),

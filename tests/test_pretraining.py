@@ -23,7 +23,8 @@ from nnunetv2_xlstm_pretraining import data as D
 from nnunetv2_xlstm_pretraining.cli import parse_source, pretrain_entry
 from nnunetv2_xlstm_pretraining.config import PretrainConfig, SourceConfig, load_config
 from nnunetv2_xlstm_pretraining.ema import ema_update, teacher_momentum
-from nnunetv2_xlstm_pretraining.loss import DINOLoss
+from nnunetv2_xlstm_pretraining.ibot_loss import IBOTPatchLoss
+from nnunetv2_xlstm_pretraining.loss import DINOLoss, sinkhorn_knopp
 from nnunetv2_xlstm_pretraining.model import build_xlstm_unet
 from nnunetv2_xlstm_pretraining.train import pretrain
 
@@ -92,6 +93,41 @@ def test_dino_loss_equals_reference_formula() -> None:
     np.testing.assert_allclose(loss_fn.center.numpy(), 0.9 * c + 0.1 * t.mean(0, keepdims=True), rtol=1e-5)
 
 
+def test_ibot_loss_equals_reference_formula() -> None:
+    torch.manual_seed(1)
+    n, t, d = 3, 8, 10
+    student, teacher = torch.randn(n, t, d), torch.randn(n, t, d)
+    masks = torch.rand(n, t) < 0.4
+    loss_fn = IBOTPatchLoss(d, teacher_temp=0.05, student_temp=0.2, center_momentum=0.8)
+    loss_fn.center.copy_(torch.randn(1, 1, d))
+    c = loss_fn.center.double().numpy().copy()
+    s, te, m = student.double().numpy(), teacher.double().numpy(), masks.numpy()
+    q = np.exp((te - c) / 0.05 - ((te - c) / 0.05).max(-1, keepdims=True))
+    q /= q.sum(-1, keepdims=True)
+    z = s / 0.2
+    log_p = z - z.max(-1, keepdims=True) - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True))
+    expected = (-(q * log_p).sum(-1) * m).sum() / m.sum()
+    assert math.isclose(loss_fn(student, teacher, masks).item(), expected, rel_tol=1e-5)
+    np.testing.assert_allclose(loss_fn.center.numpy(), 0.8 * c + 0.2 * te.mean((0, 1), keepdims=True), rtol=1e-5)
+
+
+def test_ibot_run(tmp_path: Path, sources: list[SourceConfig]) -> None:
+    config = smoke_config(sources, ibot="true", ibot_mask_ratio=0.5, steps=3)
+    result = pretrain(config, tmp_path / "run", progress=False)
+    assert all(math.isfinite(v) for v in result["history"]["loss"])
+    assert safe_load(tmp_path / "run" / "checkpoint_latest.pt")["ibot_center"].abs().sum() > 0
+
+
+def test_sinkhorn_knopp_balances_the_batch() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(6, 12)
+    q = sinkhorn_knopp(logits, temp=0.1, iterations=50)
+    torch.testing.assert_close(q.sum(dim=1), torch.ones(6))  # a distribution per sample
+    torch.testing.assert_close(q.sum(dim=0), torch.full((12,), 6 / 12), rtol=1e-3, atol=1e-3)  # prototypes shared
+    loss_fn = DINOLoss(12, teacher_temp=0.1, centering="sinkhorn")
+    torch.testing.assert_close(loss_fn.teacher_probs(logits, 0), sinkhorn_knopp(logits, 0.1))
+
+
 def test_teacher_temperature_warmup() -> None:
     loss_fn = DINOLoss(8, teacher_temp=0.07, warmup_teacher_temp=0.04, warmup_steps=10)
     assert loss_fn.teacher_temp_at(0) == 0.04 and math.isclose(loss_fn.teacher_temp_at(5), 0.055)
@@ -120,13 +156,17 @@ def test_crop_geometry_physical_size_and_inside(sources: list[SourceConfig]) -> 
     crop_mm = np.asarray([40.0, 40.0, 40.0])
     for _ in range(200):
         volume = pool[rng.integers(len(pool))]
-        start, size = D.sample_crop_box(volume, rng, crop_mm, (0.25, 0.5), spacing, 0.9)
+        anchor = D.sample_anchor(volume, rng, 0.9)
+        start, size = D.sample_crop_box(volume, rng, crop_mm, (0.25, 0.5), spacing, anchor, 10.0)
         physical = size * spacing
         assert np.all(physical >= 0.25 * 40 - spacing) and np.all(physical <= 0.5 * 40 + spacing)
         assert len(set(size)) == 1  # isotropic
         assert np.all(start >= 0) and np.all(start + size <= volume.image.shape)
+        centre, shape = start + size / 2, np.asarray(volume.image.shape)
+        clamped = (start == 0) | (start + size == shape)  # pushed inside at a border
+        assert np.all(clamped | (np.abs(centre - anchor) * spacing <= 10.0 + spacing))
     big = np.asarray([500.0] * 3)  # larger than the volume: clamped to it
-    start, size = D.sample_crop_box(pool[0], rng, big, (1.0, 1.0), spacing, 1.0)
+    start, size = D.sample_crop_box(pool[0], rng, big, (1.0, 1.0), spacing, np.zeros(3), 0.0)
     assert np.array_equal(size, pool[0].image.shape) and not start.any()
 
 
@@ -274,8 +314,8 @@ def test_cli_survives_a_kill_and_resumes(tmp_path: Path, sources: list[SourceCon
         time.sleep(0.1)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    latest = safe_load(out / "checkpoint_latest.pt")  # intact, whenever the kill landed
-    assert latest["step"] >= 4 and latest["step"] % 2 == 0
+    latest = safe_load(out / "checkpoint_latest.pt")  # intact, whenever the kill landed (even between the two files)
+    assert latest["step"] >= 2 and latest["step"] % 2 == 0
     pretrain_entry([*args, "--resume"])
     assert safe_load(out / "checkpoint_latest.pt")["step"] == 30 and (out / "encoder_export.pt").is_file()
     assert not list(out.glob(".*"))  # temporary files of the killed write are cleared on resume
