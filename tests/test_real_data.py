@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import SimpleITK as sitk
 
 from conftest import require_shared_data
+from nnunetv2_xlstm.demo.run_demo import run_command
 
 PATIENTS = ("patient099", "patient038", "patient050")  # the fixed 3-patient few-label list of the data README
-
-
-def _command(name: str) -> str:
-    local = Path(sys.executable).parent / name
-    return str(local) if local.exists() else name
 
 
 @pytest.mark.slow
@@ -35,7 +29,7 @@ def test_acdc_plan_train_predict_evaluate(tmp_path: Path, nnunet_env: dict[str, 
     (raw / "dataset.json").write_text(json.dumps({**dataset_json, "numTraining": len(cases)}))
 
     def run(*args: str) -> None:
-        subprocess.run([_command(args[0]), *args[1:]], env=nnunet_env, check=True)
+        run_command(list(args), nnunet_env)
 
     run("nnunetv2_xlstm_plan_and_preprocess", "-d", "801", "-c", "3d_fullres", "-np", "2", "-npfp", "2",
         "-overwrite_target_spacing", "10", "3", "3", "--base_features", "16", "--max_features", "256",
