@@ -129,9 +129,7 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
             raise InputError(f"{where}: {value!r} is not one of {', '.join(map(repr, get_args(hint)))}")
         return value
     if origin is not None:  # a union: try each member
-        if value is None and type(None) in get_args(hint):
-            return None
-        if isinstance(value, str) and value.lower() in ("none", "null") and type(None) in get_args(hint):
+        if type(None) in get_args(hint) and (value is None or str(value).lower() in ("none", "null")):
             return None
         errors = []
         for member in get_args(hint):

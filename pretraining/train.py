@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -31,6 +30,7 @@ from nnunetv2_xlstm_pretraining.model import (
     xlstm_unet_kwargs,
 )
 from nnunetv2_xlstm_pretraining.plot import plot_history
+from nnunetv2_xlstm_pretraining.views import MultiCropDataset, token_grid
 
 CHECKPOINT_FORMAT = "nnunetv2_xlstm.pretrain_checkpoint"
 LATEST = "checkpoint_latest.pt"
@@ -139,8 +139,6 @@ def pretrain(config: PretrainConfig, output: str | Path, resume: bool = False, p
         (output / "config.json").write_text(json.dumps(config_to_dict(config), indent=2))
 
     # --- data: every process loads the pool; its batches differ by rank -----------------------------------------
-    from nnunetv2_xlstm_pretraining.views import MultiCropDataset, token_grid
-
     pool = load_pool(config, progress=progress and rank == 0)
     counts = {m: sum(v.modality == m for v in pool) for m in ("CT", "MRI")}
     log.info(f"pool: {len(pool)} volumes ({counts}), {sum(v.normalisation == 'ct_hu' for v in pool)} CT in HU")
@@ -249,8 +247,7 @@ def pretrain(config: PretrainConfig, output: str | Path, resume: bool = False, p
 
 def describe(config: PretrainConfig) -> str:
     """One line for logs: the run's size."""
-    c = dataclasses.asdict(config)
-    return (f"{config.steps} steps x {config.batch_size} volumes x (2 global {c['global_crop_voxels']} + "
-            f"{config.num_local_crops} local {c['local_crop_voxels']}) at {c['target_spacing']} mm, "
+    return (f"{config.steps} steps x {config.batch_size} volumes x (2 global {config.global_crop_voxels} + "
+            f"{config.num_local_crops} local {config.local_crop_voxels}) at {config.target_spacing} mm, "
             f"{len(config.sources)} source(s)")
 
