@@ -18,13 +18,13 @@ Exported encoder (``torch.save`` of plain types only, so ``torch.load(..., weigh
 
 from __future__ import annotations
 
-import os
-import tempfile
+import hashlib
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from nnunetv2_xlstm.atomic import atomic_write
 from nnunetv2_xlstm.env import InputError
 
 EXPORT_FORMAT = "nnunetv2_xlstm.encoder"
@@ -35,16 +35,16 @@ REQUIRED_PLAN_KEYS = ("architecture_plans", "pretrain_num_input_channels", "key_
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` to a temporary file beside ``path``, then rename: a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def safe_load(path: str | Path) -> dict:
@@ -86,3 +86,55 @@ def load_exported_encoder(path: str | Path) -> tuple[dict[str, torch.Tensor], di
     if missing or not isinstance(obj.get("network_weights"), dict):
         raise InputError(f"{path} is an incomplete export (missing {missing or ['network_weights']}); re-export it")
     return obj["network_weights"], plan
+
+
+# keys of the architecture that fix the encoder's weights; strides, the decoder and the patch size do not
+ENCODER_ARCH_KEYS = ("n_stages", "features_per_stage", "kernel_sizes", "n_blocks_per_stage", "conv_op", "conv_bias",
+                     "norm_op", "norm_op_kwargs", "nonlin", "mlstm_stages", "mlstm_blocks_per_stage")
+
+
+def load_encoder_into(network: torch.nn.Module, path: str | Path, arch_kwargs: dict | None = None,
+                      input_channels: int | None = None) -> dict[str, list[str]]:
+    """Load an exported encoder into ``network`` (an XLSTMUNet) strictly; return ``{"loaded": keys, "fresh": keys}``.
+
+    Every key under the plan's ``key_to_encoder`` / ``key_to_stem`` in the network must be in the file with the same
+    shape, and every key of the file must exist in the network; otherwise nothing is loaded and :class:`InputError`
+    lists the keys that differ and why. ``arch_kwargs`` (the network's plans kwargs) and ``input_channels``, when
+    given, are compared with the export's first, for a message in terms of the architecture. ``fresh`` lists the
+    network's other keys (decoder, segmentation heads), which keep their initialisation.
+    """
+    weights, plan = load_exported_encoder(path)
+    if input_channels is not None and plan["pretrain_num_input_channels"] != input_channels:
+        raise InputError(f"{path} was pretrained on {plan['pretrain_num_input_channels']} input channel(s), this data "
+                         f"set has {input_channels}: the stem's first convolution cannot be reused. Fine-tune on a "
+                         f"data set with the same channels, or train from scratch")
+    if arch_kwargs is not None:
+        exported = plan["architecture_plans"]["arch_kwargs"]
+        differ = [f"{k}: encoder {exported.get(k)!r}, plans {arch_kwargs.get(k)!r}" for k in ENCODER_ARCH_KEYS
+                  if _plain(exported.get(k)) != _plain(arch_kwargs.get(k))]
+        if differ:
+            raise InputError(f"{path} does not match the plans' architecture ({'; '.join(differ)}). Plan with "
+                             f"nnunetv2_xlstm_plan_and_preprocess --pretrained_encoder {path}, which copies them")
+    prefixes = tuple(f"{plan[k]}." for k in ("key_to_encoder", "key_to_stem"))
+    model = network.state_dict()
+    wanted = {k: v for k, v in model.items() if k.startswith(prefixes)}
+    problems = {"missing from the file": [k for k in wanted if k not in weights],
+                "not in the network": [k for k in weights if k not in wanted],
+                "of another shape": [f"{k} (file {tuple(weights[k].shape)}, network {tuple(v.shape)})"
+                                     for k, v in wanted.items() if k in weights and weights[k].shape != v.shape]}
+    if any(problems.values()):
+        shown = "; ".join(f"{len(keys)} key(s) {why}: {', '.join(keys[:3])}" + (", ..." if len(keys) > 3 else "")
+                          for why, keys in problems.items() if keys)
+        raise InputError(f"{path} does not fit this network's encoder ({shown}). A different architecture or input "
+                         f"channel count; plan with --pretrained_encoder {path}")
+    encoder_prefix = prefixes[0].split(".")[0] + "."  # "encoder."
+    getattr(network, encoder_prefix[:-1]).load_state_dict(
+        {k[len(encoder_prefix):]: v for k, v in weights.items()}, strict=True)
+    # the decoder holds a reference to the encoder (DNA's UNetDecoder): its "decoder.encoder.*" aliases are loaded too
+    fresh = [k for k in model if k not in wanted and k.replace("decoder.encoder.", "encoder.", 1) not in wanted]
+    return {"loaded": sorted(wanted), "fresh": fresh}
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, so plans (JSON) and exports (torch) compare equal."""
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value

@@ -36,10 +36,16 @@ def pretrain_entry(argv: list[str] | None = None) -> None:
     p.add_argument("--source", action="append", default=[], help="PATH:MODALITY[:hu=auto|true|false], repeatable")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. steps=200")
     p.add_argument("--resume", action="store_true", help="continue the run in --output from checkpoint_latest.pt")
+    p.add_argument("--export_only", action="store_true",
+                   help="only export the teacher's encoder of --output's latest checkpoint (a run stopped early)")
     p.add_argument("--no_pbar", action="store_true")
     a = p.parse_args(argv)
     try:
-        from nnunetv2_xlstm_pretraining.train import describe, pretrain
+        from nnunetv2_xlstm_pretraining.train import describe, export_checkpoint, pretrain
+
+        if a.export_only:
+            print(f"exported encoder: {export_checkpoint(a.output)}")
+            return
 
         config = load_config(a.config, a.preset, a.set, [parse_source(s) for s in a.source])
         print(describe(config), flush=True)

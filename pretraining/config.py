@@ -69,7 +69,10 @@ class PretrainConfig:
     # "ema": DINO's centre. "sinkhorn": DINOv2's Sinkhorn-Knopp centring (no better in our CPU probes: with 8 global
     # crops a step and 4096 prototypes it spreads every target over ~K/B prototypes); see docs/pretraining.md
     centering: Literal["ema", "sinkhorn"] = "ema"
-    ibot: bool = False  # iBOT masked-token loss on the bottleneck tokens; off: not shown to help here (docs/pretraining.md)
+    # DINOv2's KoLeo regulariser on the student's pooled embeddings of each global view (0: off). Off, as iBOT: neither
+    # slowed the teacher's drift towards uniform on the real pool (docs/pretraining.md, second probe round)
+    koleo_weight: float = 0.0
+    ibot: bool = False  # iBOT masked-token loss on the bottleneck tokens
     ibot_weight: float = 1.0
     ibot_mask_ratio: float = 0.3
     # optimisation
@@ -100,6 +103,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # about an hour on a 2-core CPU (measured: see docs/pretraining.md)
     "cpu": {"steps": 1400, "batch_size": 4, "num_local_crops": 4, "save_every": 100, "warmup_steps": 40,
             "num_workers": 1},
+    # the demo's tiny run on 40^3 phantoms at 3.6 mm (about a minute on 2 cores)
+    "demo": {"steps": 60, "batch_size": 4, "num_local_crops": 4, "target_spacing": [3.6, 3.6, 3.6],
+             "global_crop_mm": [96.0, 96.0, 96.0], "global_crop_voxels": [24, 24, 24], "local_crop_voxels": [8, 8, 8],
+             "out_dim": 1024, "warmup_steps": 10, "save_every": 30, "plot_every": 20, "log_every": 10,
+             "num_workers": 1},
     # GPU: larger crops and batch
     "gpu": {"steps": 20000, "batch_size": 16, "num_local_crops": 8, "global_crop_voxels": [64, 64, 64],
             "local_crop_voxels": [32, 32, 32], "global_crop_mm": [96.0, 96.0, 96.0], "target_spacing": [1.5] * 3,

@@ -40,10 +40,18 @@ class Volume:
 
 def list_source_files(source: SourceConfig) -> list[Path]:
     """The image files of a source: an nnU-Net raw data set (channel-0 images of imagesTr/imagesTs), a folder
-    (searched recursively) or a single file."""
+    (searched recursively), a single image, or a ``.txt`` list of image paths, one per line (relative ones from the
+    list's folder), such as ``nnunetv2_xlstm_split``'s ``unlabelled_fold0.txt``."""
     root = Path(source.path)
     if not root.exists():
         raise InputError(f"source {root} does not exist: fix its 'path' in the config's sources")
+    if root.is_file() and root.suffix == ".txt":
+        files = [root.parent / line.strip() for line in root.read_text().splitlines() if line.strip()]
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing or not files:
+            raise InputError(f"source list {root} " + (f"names missing files ({', '.join(missing[:3])})" if missing
+                             else "is empty") + "; write one existing image path per line")
+        return files
     if root.is_file():
         return [root]
     if (root / "dataset.json").is_file():

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
+
+from nnunetv2_xlstm.atomic import atomic_write
 
 
 def _smooth(values: list[float], window: int) -> np.ndarray:
@@ -41,7 +42,5 @@ def plot_history(history: dict[str, list[float]], path: Path, out_dim: int) -> N
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=80)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80))
     plt.close(fig)
-    os.replace(tmp, path)

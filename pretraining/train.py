@@ -22,6 +22,7 @@ from nnunetv2_xlstm_pretraining.config import PretrainConfig, config_to_dict
 from nnunetv2_xlstm_pretraining.data import load_pool
 from nnunetv2_xlstm_pretraining.ema import ema_update, teacher_momentum
 from nnunetv2_xlstm_pretraining.ibot_loss import IBOTPatchLoss
+from nnunetv2_xlstm_pretraining.koleo_loss import koleo_loss
 from nnunetv2_xlstm_pretraining.loss import DINOLoss
 from nnunetv2_xlstm_pretraining.model import (
     ARCH_CLASS_NAME,
@@ -208,6 +209,9 @@ def pretrain(config: PretrainConfig, output: str | Path, resume: bool = False, p
                 student_logits, embeddings, student_tokens = student_ddp(globals_ * (1 - blank), locals_, tokens=True)
                 loss = loss_fn(student_logits, teacher_logits, step) + config.ibot_weight * ibot_loss(
                     student_tokens, teacher_tokens, masks)
+            if config.koleo_weight:  # per global view, as DINOv2
+                loss = loss + config.koleo_weight * sum(
+                    koleo_loss(e) for e in embeddings[: len(globals_)].chunk(2))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = nn.utils.clip_grad_norm_(student.parameters(), config.clip_grad)
@@ -243,6 +247,22 @@ def pretrain(config: PretrainConfig, output: str | Path, resume: bool = False, p
         log.info(f"exported the teacher's encoder to {output / EXPORT}")
     return {"export": output / EXPORT, "history": history, "center": loss_fn.center.detach().cpu(),
             "teacher": teacher.state_dict()}
+
+
+def export_checkpoint(output: str | Path) -> Path:
+    """Export the teacher's encoder of ``output``'s latest checkpoint to ``output/encoder_export.pt``: the encoder of
+    a run that was stopped early, at its last saved step (logged). Returns the export's path."""
+    output = Path(output)
+    checkpoint = safe_load(output / LATEST)
+    if checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(f"{output / LATEST} is not a pretraining checkpoint of this package")
+    prefix = "encoder."
+    weights = {k: v for k, v in checkpoint["teacher"].items() if k.startswith(prefix)}
+    save_exported_encoder(output / EXPORT, weights, checkpoint["adaptation_plan"])
+    _setup_logging(output)
+    log.info(f"exported the teacher's encoder of step {checkpoint['step']} (of {checkpoint['config']['steps']}) to "
+             f"{output / EXPORT}")
+    return output / EXPORT
 
 
 def describe(config: PretrainConfig) -> str:

@@ -24,6 +24,7 @@ from nnunetv2_xlstm_pretraining.cli import parse_source, pretrain_entry
 from nnunetv2_xlstm_pretraining.config import PretrainConfig, SourceConfig, load_config
 from nnunetv2_xlstm_pretraining.ema import ema_update, teacher_momentum
 from nnunetv2_xlstm_pretraining.ibot_loss import IBOTPatchLoss
+from nnunetv2_xlstm_pretraining.koleo_loss import koleo_loss
 from nnunetv2_xlstm_pretraining.loss import DINOLoss, sinkhorn_knopp
 from nnunetv2_xlstm_pretraining.model import build_xlstm_unet
 from nnunetv2_xlstm_pretraining.train import pretrain
@@ -111,6 +112,26 @@ def test_ibot_loss_equals_reference_formula() -> None:
     np.testing.assert_allclose(loss_fn.center.numpy(), 0.8 * c + 0.2 * te.mean((0, 1), keepdims=True), rtol=1e-5)
 
 
+def test_koleo_loss_equals_reference_formula() -> None:
+    torch.manual_seed(2)
+    x = torch.randn(6, 5)
+    a = x.double().numpy()
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    dist = np.linalg.norm(a[:, None] - a[None], axis=-1) + np.diag([np.inf] * 6)
+    assert math.isclose(koleo_loss(x).item(), -np.mean(np.log(dist.min(axis=1))), rel_tol=1e-5)
+    # spreading two near-duplicates lowers it
+    close = torch.tensor([[1.0, 0.0], [1.0, 0.01], [0.0, 1.0]])
+    spread = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]])
+    assert koleo_loss(spread) < koleo_loss(close)
+
+
+def test_koleo_run(tmp_path: Path, sources: list[SourceConfig]) -> None:
+    plain = pretrain(smoke_config(sources, steps=2), tmp_path / "plain", progress=False)
+    koleo = pretrain(smoke_config(sources, steps=2, koleo_weight=0.5), tmp_path / "koleo", progress=False)
+    assert plain["history"]["kl"][0] == koleo["history"]["kl"][0]  # same first batch and weights
+    assert plain["history"]["loss"][0] != koleo["history"]["loss"][0]  # the regulariser is in the loss
+
+
 def test_ibot_run(tmp_path: Path, sources: list[SourceConfig]) -> None:
     config = smoke_config(sources, ibot="true", ibot_mask_ratio=0.5, steps=3)
     result = pretrain(config, tmp_path / "run", progress=False)
@@ -192,6 +213,17 @@ def test_normalisation_per_modality(tmp_path: Path, sources: list[SourceConfig])
         assert norms == {"ct8bit": "zscore", "ct": "ct_hu", "mri": "zscore"}
         eight_bit = next(v for v in pool if "ct8bit" in v.path).image
         assert abs(eight_bit.mean()) < 1e-3 and abs(eight_bit.std() - 1) < 1e-3
+
+
+def test_list_file_source(tmp_path: Path, sources: list[SourceConfig]) -> None:
+    listing = tmp_path / "lists" / "pool.txt"
+    listing.parent.mkdir()
+    listing.write_text(f"../mri/mr0.nii.gz\n\n{tmp_path / 'mri' / 'mr2.nii.gz'}\n")  # relative and absolute
+    files = D.list_source_files(SourceConfig(str(listing), "MRI"))
+    assert [f.resolve() for f in files] == [tmp_path / "mri" / "mr0.nii.gz", tmp_path / "mri" / "mr2.nii.gz"]
+    listing.write_text("../mri/missing.nii.gz\n")
+    with pytest.raises(InputError, match="pool.txt names missing files.*missing.nii.gz"):
+        D.list_source_files(SourceConfig(str(listing), "MRI"))
 
 
 def test_balanced_sampling_ratio(sources: list[SourceConfig]) -> None:
@@ -298,6 +330,10 @@ def test_export_loads_into_xlstmunet_with_every_encoder_key(tmp_path: Path, sour
     assert plan["pretrain_plan"]["modalities"] == ["CT", "MRI"] and plan["pretrain_plan"]["target_spacing"] == [2.0] * 3
     with pytest.raises(InputError, match="not an exported encoder"):
         load_exported_encoder(tmp_path / "run" / "checkpoint_latest.pt")
+    # --export_only re-exports the latest checkpoint's teacher: here the end of the run, so the same file contents
+    pretrain_entry(["--output", str(tmp_path / "run"), "--export_only"])
+    again, plan_again = load_exported_encoder(tmp_path / "run" / "encoder_export.pt")
+    assert plan_again == plan and all(torch.equal(again[k], v) for k, v in weights.items())
     torch.save({"x": torch.nn.Linear(1, 1)}, tmp_path / "evil.pt")  # a pickled module: refused, never unpickled
     with pytest.raises(InputError, match="never unpickle"):
         safe_load(tmp_path / "evil.pt")

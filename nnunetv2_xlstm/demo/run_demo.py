@@ -1,14 +1,15 @@
-"""``nnunetv2_xlstm_demo``: the whole chain on synthetic phantoms, through nnU-Net's own commands, on a CPU.
+"""``nnunetv2_xlstm_demo``: the whole chain on synthetic CT and MRI phantoms, through the real commands, on a CPU.
 
-phantoms -> plan and preprocess (XLSTMUNetPlanner) -> ``nnUNetv2_train -tr nnUNetTrainerXLSTM_short`` ->
-``nnUNetv2_predict`` -> ``nnUNetv2_evaluate_folder`` -> Dice table per structure and an overlay PNG.
+phantoms -> ``nnunetv2_xlstm_pretrain`` (tiny, on the training images, labels unused) -> ``nnunetv2_xlstm_split``
+(a few labelled cases) -> ``nnunetv2_xlstm_plan_and_preprocess --pretrained_encoder`` -> ``nnUNetv2_train`` twice, with
+``nnUNetTrainerXLSTMPretrained_short`` and the matched ``nnUNetTrainerXLSTMScratch_short`` -> ``nnUNetv2_predict`` ->
+``nnUNetv2_evaluate_folder`` -> Dice per structure, side by side, and an overlay PNG.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -19,15 +20,16 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
+from nnunetv2_xlstm.atomic import atomic_write
 from nnunetv2_xlstm.demo.phantoms import PhantomGeometry, write_phantom_dataset
 from nnunetv2_xlstm.env import InputError, nnunet_environment
 from nnunetv2_xlstm.labels import WHOLE_HEART_LABELS
 
 MARKER = ".nnunetv2_xlstm_demo"
-PLANS = "nnUNetPlansXLSTM"
+PLANS = "nnUNetPlansXLSTMEncoder"
 CONFIG = "3d_fullres"
-# sized for 2 CPU cores: widths 16..128 and batch 2 at the 48^3 phantom patch (about 1 s per iteration)
-DEMO_PLANNER_KWARGS = {"base_features": 16, "max_features": 128, "batch_size": 2}
+GEOMETRY = PhantomGeometry((40, 40, 40), 3.6)  # 144 mm; with two trainings the demo fits 15 min on 2 cores
+ARMS = {"pretrained": "nnUNetTrainerXLSTMPretrained", "scratch": "nnUNetTrainerXLSTMScratch"}
 
 
 def run_command(args: list[str], env: dict[str, str]) -> None:
@@ -51,31 +53,31 @@ def _prepare_output(output: Path) -> None:
     (output / MARKER).touch()
 
 
-def dice_table(summary_file: Path) -> tuple[dict[str, float], str]:
-    """Per-structure Dice from nnU-Net's ``summary.json`` and a printable table."""
+def dice_table(summary_file: Path) -> dict[str, float]:
+    """Per-structure Dice (and their ``mean``) from nnU-Net's ``summary.json``."""
     summary = json.loads(summary_file.read_text())
     names = {str(v): k for k, v in WHOLE_HEART_LABELS.items()}
     dice = {names[k]: v["Dice"] for k, v in summary["mean"].items()}
     dice["mean"] = summary["foreground_mean"]["Dice"]
-    rows = "\n".join(f"{k:<10}{v:>8.3f}" for k, v in dice.items())
-    return dice, f"{'structure':<10}{'Dice':>8}\n{rows}"
+    return dice
 
 
-def overlay_png(images: Path, labels: Path, predictions: Path, out: Path) -> None:
-    """One row per test case: image, ground truth and prediction on the axial slice with most foreground."""
+def overlay_png(images: Path, labels: Path, predictions: dict[str, Path], out: Path) -> None:
+    """One row per test case: image, ground truth and each arm's prediction on the axial slice with most foreground."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     cases = sorted(p.name for p in labels.glob("*.nii.gz"))
-    fig, axes = plt.subplots(len(cases), 3, figsize=(9, 3 * len(cases)), squeeze=False)
+    columns = {"ground truth": labels, **predictions}
+    fig, axes = plt.subplots(len(cases), 1 + len(columns), figsize=(3 * (1 + len(columns)), 3 * len(cases)),
+                             squeeze=False)
     for row, case in zip(axes, cases):
         img = sitk.GetArrayFromImage(sitk.ReadImage(str(images / case.replace(".nii.gz", "_0000.nii.gz"))))
-        gt = sitk.GetArrayFromImage(sitk.ReadImage(str(labels / case)))
-        pred = sitk.GetArrayFromImage(sitk.ReadImage(str(predictions / case)))
-        z = int(np.argmax((gt > 0).sum((1, 2))))
-        for ax, seg, title in zip(row, (None, gt, pred), ("image", "ground truth", "prediction")):
+        segs = {title: sitk.GetArrayFromImage(sitk.ReadImage(str(folder / case))) for title, folder in columns.items()}
+        z = int(np.argmax((segs["ground truth"] > 0).sum((1, 2))))
+        for ax, (title, seg) in zip(row, [("image", None), *segs.items()]):
             ax.imshow(img[z], cmap="gray")
             if seg is not None:
                 ax.imshow(np.ma.masked_equal(seg[z], 0), cmap="tab10", vmin=0, vmax=9, alpha=0.5,
@@ -83,58 +85,80 @@ def overlay_png(images: Path, labels: Path, predictions: Path, out: Path) -> Non
             ax.set_title(f"{case.split('.')[0]}: {title}", fontsize=8)
             ax.axis("off")
     fig.tight_layout()
-    tmp = out.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=80)
+    atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=80))
     plt.close(fig)
-    os.replace(tmp, out)
 
 
 def run_demo(output: Path, dataset_id: int = 990, num_train: int = 10, num_test: int = 4, seed: int = 0,
-             trainer: str = "nnUNetTrainerXLSTM_short") -> dict[str, float]:
-    """Run the chain into ``output`` (nnUNet_raw/preprocessed/results inside it); return the test Dice per structure."""
-    from nnunetv2_xlstm.planning.plan_and_preprocess import plan_and_preprocess
-
+             schedule: str = "short", labelled: int = 6, pretrain_preset: str = "demo") -> dict[str, dict[str, float]]:
+    """Run the chain into ``output`` (nnUNet_raw/preprocessed/results inside it); return the test Dice per structure
+    of each arm (``{"pretrained": {...}, "scratch": {...}}``). ``schedule`` is the trainers' suffix (``short`` or
+    ``smoke``); ``labelled`` training cases get labels, 2 are for validation, the rest stay unlabelled."""
     output = Path(output).resolve()
     _prepare_output(output)
     env = nnunet_environment(output)
     env.setdefault("nnUNet_def_n_proc", "2")  # nnU-Net's default spawns 8 export workers, which swamps 2 cores
-    os.environ.update({k: env[k] for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")})
     raw = Path(env["nnUNet_raw"])
+    trainers = {arm: f"{name}_{schedule}" for arm, name in ARMS.items()}
     times: dict[str, float] = {}
-    steps = ["phantoms", "plan+preprocess", "train", "predict", "evaluate", "report"]
+    steps = ["phantoms", "pretrain", "split", "plan+preprocess", *(f"train {a}" for a in ARMS),
+             *(f"predict {a}" for a in ARMS), *(f"evaluate {a}" for a in ARMS), "report"]
     bar = tqdm(steps, desc="demo", unit="step", file=sys.stdout)
     for step in bar:
         bar.set_postfix_str(step)
         tqdm.write(f"\n=== {step} ===", file=sys.stdout)
         t0 = time.perf_counter()
+        arm = step.split(" ")[-1]
         if step == "phantoms":
-            dataset = write_phantom_dataset(raw, dataset_id, num_train, num_test, seed=seed,
-                                            geometry=PhantomGeometry((48, 48, 48), 3.0))
+            dataset = write_phantom_dataset(raw, dataset_id, num_train, num_test, seed=seed, geometry=GEOMETRY)
+        elif step == "pretrain":  # the training images of each modality, labels unused; CT z-scored like nnU-Net's
+            sources = []          # "zscore" channel of this mixed data set
+            for modality in ("CT", "MRI"):
+                listing = output / f"pretrain_{modality}.txt"
+                listing.write_text("".join(f"{f}\n" for f in sorted((dataset / "imagesTr").glob(f"*_{modality}_*"))))
+                sources += ["--source", f"{listing}:{modality}" + (":hu=false" if modality == "CT" else "")]
+            run_command(["nnunetv2_xlstm_pretrain", "--preset", pretrain_preset, "--output",
+                         str(output / "pretraining"), *sources, "--no_pbar"], env)
+        elif step == "split":
+            run_command(["nnunetv2_xlstm_split", "-d", str(dataset_id), "--budget", str(labelled), "--val_budget",
+                         "2", "--folds", "1", "--seed", str(seed)], env)
         elif step == "plan+preprocess":
-            plan_and_preprocess([dataset_id], configurations=[CONFIG], num_processes=[2], num_processes_fingerprint=2,
-                                planner_kwargs=DEMO_PLANNER_KWARGS)
-        elif step == "train":
-            run_command(["nnUNetv2_train", str(dataset_id), CONFIG, "0", "-tr", trainer, "-p", PLANS, "-device",
-                         "cpu"], env)
-        elif step == "predict":
-            run_command(["nnUNetv2_predict", "-i", str(dataset / "imagesTs"), "-o", str(output / "predictions"),
-                         "-d", str(dataset_id), "-c", CONFIG, "-f", "0", "-tr", trainer, "-p", PLANS, "-device",
+            run_command(["nnunetv2_xlstm_plan_and_preprocess", "-d", str(dataset_id), "-c", CONFIG, "-np", "2",
+                         "-npfp", "2", "--pretrained_encoder", str(output / "pretraining" / "encoder_export.pt"),
+                         "--batch_size", "2"], env)
+        elif step.startswith("train"):
+            run_command(["nnUNetv2_train", str(dataset_id), CONFIG, "0", "-tr", trainers[arm], "-p", PLANS,
+                         "-device", "cpu", "--npz"], env)  # --npz: validation probabilities, for ensembling
+        elif step.startswith("predict"):
+            run_command(["nnUNetv2_predict", "-i", str(dataset / "imagesTs"), "-o", str(output / f"predictions_{arm}"),
+                         "-d", str(dataset_id), "-c", CONFIG, "-f", "0", "-tr", trainers[arm], "-p", PLANS, "-device",
                          "cpu", "-npp", "1", "-nps", "1"], env)
-        elif step == "evaluate":
+        elif step.startswith("evaluate"):
             pre = Path(env["nnUNet_preprocessed"]) / dataset.name
-            run_command(["nnUNetv2_evaluate_folder", str(dataset / "labelsTs"), str(output / "predictions"),
+            run_command(["nnUNetv2_evaluate_folder", str(dataset / "labelsTs"), str(output / f"predictions_{arm}"),
                          "-djfile", str(pre / "dataset.json"), "-pfile", str(pre / f"{PLANS}.json"), "-np", "2"],
                         env)
         else:
-            dice, table = dice_table(output / "predictions" / "summary.json")
-            overlay_png(dataset / "imagesTs", dataset / "labelsTs", output / "predictions", output / "overlay.png")
+            dice = {a: dice_table(output / f"predictions_{a}" / "summary.json") for a in ARMS}
+            overlay_png(dataset / "imagesTs", dataset / "labelsTs",
+                        {a: output / f"predictions_{a}" for a in ARMS}, output / "overlay.png")
         times[step] = time.perf_counter() - t0
     bar.close()
-    print(f"\nTest Dice on {num_test} held-out phantoms ({trainer}, fold 0):\n{table}")
+    print(f"\nTest Dice on {num_test} held-out phantoms, {labelled} labelled training cases (fold 0):\n"
+          f"{side_by_side(dice)}")
     print("\nwall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()) + f"; total {sum(times.values()):.0f} s")
     print(f"overlay: {output / 'overlay.png'}")
-    (output / "demo_result.json").write_text(json.dumps({"dice": dice, "seconds": times}, indent=2))
+    (output / "demo_result.json").write_text(json.dumps({"dice": dice, "trainers": trainers, "seconds": times},
+                                                        indent=2))
     return dice
+
+
+def side_by_side(dice: dict[str, dict[str, float]]) -> str:
+    """A table with one row per structure and one column per arm."""
+    arms = list(dice)
+    lines = [f"{'structure':<10}" + "".join(f"{a:>12}" for a in arms)]
+    lines += [f"{k:<10}" + "".join(f"{dice[a][k]:>12.3f}" for a in arms) for k in dice[arms[0]]]
+    return "\n".join(lines)
 
 
 def demo_entry(argv: list[str] | None = None) -> None:
@@ -143,10 +167,13 @@ def demo_entry(argv: list[str] | None = None) -> None:
     p.add_argument("-d", type=int, default=990, help="data set id of the phantoms (default 990)")
     p.add_argument("--num_train", type=int, default=10)
     p.add_argument("--num_test", type=int, default=4)
+    p.add_argument("--labelled", type=int, default=6, help="labelled training cases (default 6; 2 validate)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("-tr", default="nnUNetTrainerXLSTM_short", help="trainer (nnUNetTrainerXLSTM_smoke: seconds)")
+    p.add_argument("--schedule", default="short", choices=["short", "smoke"],
+                   help="trainer schedule: short (about 4 min per arm) or smoke (seconds, learns nothing)")
     a = p.parse_args(argv)
     try:
-        run_demo(a.output, a.d, a.num_train, a.num_test, a.seed, a.tr)
+        run_demo(a.output, a.d, a.num_train, a.num_test, a.seed, a.schedule, a.labelled,
+                 "demo" if a.schedule == "short" else "smoke")
     except InputError as e:
         sys.exit(f"nnunetv2_xlstm_demo: error: {e}")

@@ -20,6 +20,7 @@ from nnunetv2.experiment_planning.plan_and_preprocess_api import (
 )
 from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
 
+from nnunetv2_xlstm.checkpoints import load_exported_encoder
 from nnunetv2_xlstm.datasets import check_dataset_json, find_raw_dataset
 from nnunetv2_xlstm.env import InputError, require_env
 from nnunetv2_xlstm.planning.planner import XLSTMUNetPlanner
@@ -36,11 +37,20 @@ def plan_and_preprocess(dataset_ids: list[int], planner: str = "XLSTMUNetPlanner
     """Fingerprint, plan and (unless ``no_pp``) preprocess; returns the plans identifier (``nnUNetPlansXLSTM``).
 
     Inputs are checked before anything is written: the ``nnUNet_*`` variables, the data set ids and their
-    ``dataset.json``. ``planner_kwargs`` go to our planner only (e.g. ``base_features=16``).
+    ``dataset.json``. ``planner_kwargs`` go to our planner only (e.g. ``base_features=16``, or
+    ``pretrained_encoder="encoder_export.pt"`` to plan like an exported encoder).
     """
     require_env("nnUNet_raw", "nnUNet_preprocessed")
     for d in dataset_ids:
         check_dataset_json(find_raw_dataset(d))
+    planner_kwargs = planner_kwargs or {}
+    if "pretrained_encoder" in planner_kwargs:
+        load_exported_encoder(planner_kwargs["pretrained_encoder"])  # refuse a wrong file before any work
+        shaped = sorted({"n_mlstm_stages", "mlstm_blocks_per_stage", "base_features", "max_features"} & set(planner_kwargs))
+        if shaped:
+            raise InputError(f"{shaped} come from the pretrained encoder and cannot be set with --pretrained_encoder")
+        if "2d" in configurations:
+            print("WARNING: the 2d configuration cannot use a 3D pretrained encoder; its plan stays XLSTMUNet 2D")
     if planner in OUR_PLANNERS:
         planner_class = partial(OUR_PLANNERS[planner], **(planner_kwargs or {}))
     else:
@@ -87,10 +97,13 @@ def plan_and_preprocess_entry(argv: list[str] | None = None) -> None:
     g.add_argument("--base_features", type=int, default=None, help="features of the first stage (32)")
     g.add_argument("--max_features", type=int, default=None, help="feature cap (320)")
     g.add_argument("--batch_size", type=int, default=None, help="fix the batch size (default: from memory target)")
+    g.add_argument("--pretrained_encoder", default=None, metavar="encoder_export.pt",
+                   help="plan 3D networks like this exported encoder (stages, widths, kernels, mLSTM placement) for "
+                        "nnUNetTrainerXLSTMPretrained; plans name nnUNetPlansXLSTMEncoder")
     a = p.parse_args(argv)
     kwargs = {k: v for k, v in {"n_mlstm_stages": a.mlstm_stages, "mlstm_blocks_per_stage": a.mlstm_blocks,
                                 "base_features": a.base_features, "max_features": a.max_features,
-                                "batch_size": a.batch_size}.items()
+                                "batch_size": a.batch_size, "pretrained_encoder": a.pretrained_encoder}.items()
               if v is not None}
     try:
         plan_and_preprocess(a.d, a.pl, a.c, a.np, a.gpu_memory_target, a.overwrite_target_spacing,

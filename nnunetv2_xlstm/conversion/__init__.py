@@ -1,0 +1,1 @@
+"""Converters from public data layouts to nnU-Net's raw format."""
