@@ -105,8 +105,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             "num_workers": 1},
     # the demo's tiny run on 40^3 phantoms at 3.6 mm (about a minute on 2 cores)
     "demo": {"steps": 60, "batch_size": 4, "num_local_crops": 4, "target_spacing": [3.6, 3.6, 3.6],
-             "global_crop_mm": [96.0, 96.0, 96.0], "global_crop_voxels": [24, 24, 24], "local_crop_voxels": [8, 8, 8],
-             "out_dim": 1024, "warmup_steps": 10, "save_every": 30, "plot_every": 20, "log_every": 10,
+             "global_crop_mm": [96.0, 96.0, 96.0], "global_crop_voxels": [24, 24, 24],
+             "local_crop_voxels": [16, 16, 16], "out_dim": 1024, "warmup_steps": 10, "save_every": 30, "plot_every": 20, "log_every": 10,
              "num_workers": 1},
     # GPU: larger crops and batch
     "gpu": {"steps": 20000, "batch_size": 16, "num_local_crops": 8, "global_crop_voxels": [64, 64, 64],
@@ -214,7 +214,23 @@ def load_config(file: str | Path | None = None, preset: str | None = None, overr
         where = f"{where} (with --set {item})" if file is None else where
     if sources:
         values["sources"] = [*values.get("sources", []), *[dataclasses.asdict(s) for s in sources]]
-    return _build(PretrainConfig, values, where)
+    config = _build(PretrainConfig, values, where)
+    check_crops(config, where)
+    return config
+
+
+def check_crops(config: PretrainConfig, where: str = "config") -> None:
+    """Every crop must be divisible by the encoder's total stride and leave a bottleneck of at least 2 voxels per axis
+    (instance normalisation needs more than one element)."""
+    stride = 1
+    for s in config.network.strides:
+        stride *= s
+    for name in ("global_crop_voxels", "local_crop_voxels"):
+        crop = getattr(config, name)
+        if any(c % stride or c // stride < 2 for c in crop):
+            raise InputError(f"{where}: {name} {crop} must be multiples of the encoder's total stride {stride} and at "
+                             f"least {2 * stride} voxels (a bottleneck of 2 or more per axis); e.g. "
+                             f"{[max(2 * stride, c // stride * stride) for c in crop]}")
 
 
 def config_to_dict(config: PretrainConfig) -> dict[str, Any]:

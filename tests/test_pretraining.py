@@ -280,6 +280,15 @@ def test_bad_inputs_name_the_file_and_the_fix(tmp_path: Path, sources: list[Sour
         load_config(config_file)
 
 
+def test_every_preset_resolves_with_valid_crops() -> None:
+    from nnunetv2_xlstm_pretraining.config import PRESETS
+
+    for preset in PRESETS:
+        load_config(preset=preset)
+    with pytest.raises(InputError, match=r"local_crop_voxels \[8, 8, 8\] must be multiples .* at least 16 voxels"):
+        load_config(preset="demo", overrides=["local_crop_voxels=[8,8,8]"])
+
+
 def test_config_precedence_and_typos(tmp_path: Path) -> None:
     config_file = tmp_path / "c.yaml"
     config_file.write_text("steps: 77\nbatch_size: 3\nnetwork:\n  mlstm_blocks_per_stage: 4\n")
