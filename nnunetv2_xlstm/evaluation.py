@@ -94,10 +94,12 @@ def _read(path: Path) -> tuple[np.ndarray, tuple[float, ...], sitk.Image]:
 
 
 def evaluate_folder(reference_folder: Path, prediction_folder: Path, spec: LabelSpec,
-                    file_ending: str = ".nii.gz") -> dict:
-    """Score every reference case against the prediction of the same name: ``{"per_case": {case: scores},
-    "mean": {structure: {"Dice", "HD95"}}}``; means skip NaN (structure absent from both)."""
+                    file_ending: str = ".nii.gz", cases: list[str] | None = None) -> dict:
+    """Score every reference case (or only ``cases``) against the prediction of the same name: ``{"per_case":
+    {case: scores}, "mean": {structure: {"Dice", "HD95"}}}``; means skip NaN (structure absent from both)."""
     references = sorted(Path(reference_folder).glob(f"*{file_ending}"))
+    if cases is not None:
+        references = [r for r in references if r.name[: -len(file_ending)] in set(cases)]
     if not references:
         raise InputError(f"no *{file_ending} files in {reference_folder}; point -ref at a labelsTs folder")
     missing = [r.name for r in references if not (Path(prediction_folder) / r.name).is_file()]

@@ -58,10 +58,13 @@ def parse_budget(text: str | float | int, available: int, what: str = "--budget"
 
 def few_label_splits(cases: list[str], budget: str | int | float | None, folds: int = 5, seed: int = 0,
                      val_patients: list[str] | None = None, val_budget: str | float = 0.2,
-                     train_patients: list[list[str]] | None = None, group_pattern: str = DEFAULT_GROUP_PATTERN) -> dict:
+                     train_patients: list[list[str]] | None = None, group_pattern: str = DEFAULT_GROUP_PATTERN,
+                     nested_budgets: list[str] | None = None) -> dict:
     """Few-label splits of ``cases``: ``{"folds": [{"train", "val", "unlabelled"} (cases), ...], "val_patients",
     "train_patients" (per fold), ...}``. Deterministic for a given seed; no patient straddles two parts.
-    ``train_patients``: one fixed list per fold (then ``budget`` and ``folds`` are not used)."""
+    ``train_patients``: one fixed list per fold; ``nested_budgets``: one fold per budget, each the first patients
+    of one seeded order, so smaller budgets are subsets of larger ones (either way ``budget`` and ``folds`` are
+    not used)."""
     patients = group_patients(cases, group_pattern)
     for given, what in ((val_patients, "--val_patients"), ([p for t in train_patients or () for p in t],
                                                             "--train_patients")):
@@ -78,6 +81,9 @@ def few_label_splits(cases: list[str], budget: str | int | float | None, folds: 
         if overlap:
             raise InputError(f"{', '.join(overlap)} are both training and validation patients")
         drawn = [sorted(t) for t in train_patients]
+    elif nested_budgets is not None:
+        order = random.Random(f"{seed}-nested").sample(pool, len(pool))
+        drawn = [sorted(order[:parse_budget(b, len(pool))]) for b in nested_budgets]
     else:
         n = parse_budget(budget, len(pool))
         drawn = [sorted(random.Random(f"{seed}-{k}").sample(pool, n)) for k in range(folds)]
@@ -93,7 +99,7 @@ def few_label_splits(cases: list[str], budget: str | int | float | None, folds: 
 def write_few_label_splits(dataset_id: int, budget: str, folds: int = 5, seed: int = 0,
                            val_patients: list[str] | None = None, val_budget: str = "0.2",
                            train_patients: list[list[str]] | None = None, group_pattern: str = DEFAULT_GROUP_PATTERN,
-                           overwrite: bool = False) -> Path:
+                           overwrite: bool = False, nested_budgets: list[str] | None = None) -> Path:
     """Write ``splits_final.json``, ``few_label_splits.json`` and ``unlabelled_fold{k}.txt`` into the data set's
     ``nnUNet_preprocessed`` folder; returns the ``splits_final.json`` path."""
     from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
@@ -103,7 +109,7 @@ def write_few_label_splits(dataset_id: int, budget: str, folds: int = 5, seed: i
     dataset_json = check_dataset_json(raw)
     files = get_filenames_of_train_images_and_targets(str(raw), dataset_json)
     result = few_label_splits(sorted(files), budget, folds, seed, val_patients, val_budget, train_patients,
-                              group_pattern)
+                              group_pattern, nested_budgets)
     folder = preprocessed / raw.name
     target = folder / "splits_final.json"
     splits = [{"train": f["train"], "val": f["val"]} for f in result["folds"]]

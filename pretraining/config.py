@@ -67,10 +67,10 @@ class PretrainConfig:
     warmup_teacher_temp_steps: int = 0
     center_momentum: float = 0.9
     # "ema": DINO's centre. "sinkhorn": DINOv2's Sinkhorn-Knopp centring (no better in our CPU probes: with 8 global
-    # crops a step and 4096 prototypes it spreads every target over ~K/B prototypes); see docs/pretraining.md
+    # crops a step and 4096 prototypes it spreads every target over ~K/B prototypes); see docs/explanation.md
     centering: Literal["ema", "sinkhorn"] = "ema"
     # DINOv2's KoLeo regulariser on the student's pooled embeddings of each global view (0: off). Off, as iBOT: neither
-    # slowed the teacher's drift towards uniform on the real pool (docs/pretraining.md, second probe round)
+    # slowed the teacher's drift towards uniform on the real pool (docs/explanation.md, second probe round)
     koleo_weight: float = 0.0
     ibot: bool = False  # iBOT masked-token loss on the bottleneck tokens
     ibot_weight: float = 1.0
@@ -100,7 +100,7 @@ PRESETS: dict[str, dict[str, Any]] = {
               "head_hidden_dim": 128, "head_bottleneck_dim": 64, "warmup_steps": 2, "save_every": 3, "log_every": 1,
               "plot_every": 3, "num_workers": 0, "network": {"features_per_stage": [16, 32, 64],
                                                              "strides": [1, 2, 2], "n_blocks_per_stage": [1, 1, 1]}},
-    # about an hour on a 2-core CPU (measured: see docs/pretraining.md)
+    # about an hour on a 2-core CPU (measured: see docs/explanation.md)
     "cpu": {"steps": 1400, "batch_size": 4, "num_local_crops": 4, "save_every": 100, "warmup_steps": 40,
             "num_workers": 1},
     # the demo's tiny run on 40^3 phantoms at 3.6 mm (about a minute on 2 cores)

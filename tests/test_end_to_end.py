@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import SimpleITK as sitk
 
-from nnunetv2_xlstm.demo.run_demo import ARMS, CONFIG, MARKER, PLANS, run_command, run_demo
+from nnunetv2_xlstm.commands import run_command
+from nnunetv2_xlstm.demo.run_demo import ARMS, CONFIG, MARKER, PLANS, run_demo
 from nnunetv2_xlstm.env import InputError
 from nnunetv2_xlstm.labels import WHOLE_HEART_LABELS
 

@@ -13,7 +13,7 @@ from scipy import ndimage
 from scipy.spatial.distance import cdist
 
 from nnunetv2_xlstm.env import InputError
-from nnunetv2_xlstm.evaluation import LabelSpec, dice, evaluate_entry, hd95, parse_spec, score_case
+from nnunetv2_xlstm.evaluation import LabelSpec, dice, evaluate_entry, evaluate_folder, hd95, parse_spec, score_case
 
 
 def ball(shape: tuple[int, ...], centre: tuple[float, ...], radius: float) -> np.ndarray:
@@ -92,6 +92,8 @@ def test_evaluate_command_on_a_folder(tmp_path: Path, capsys: pytest.CaptureFixt
     assert set(result["per_case"]) == {"case0", "case1"} and 0.98 < result["mean"]["LV"]["Dice"] < 1.0
     assert "| LV |" in capsys.readouterr().out
     (tmp_path / "pred" / "case1.nii.gz").unlink()
+    only = evaluate_folder(tmp_path / "ref", tmp_path / "pred", parse_spec(["LV=2"]), cases=["case0"])
+    assert set(only["per_case"]) == {"case0"} and only["mean"]["LV"] == only["per_case"]["case0"]["LV"]
     with pytest.raises(SystemExit, match="lacks predictions for case1.nii.gz"):
         evaluate_entry(["-ref", str(tmp_path / "ref"), "-pred", str(tmp_path / "pred"), "--structures", "LV=2"])
     with pytest.raises(InputError, match="not among --structures"):

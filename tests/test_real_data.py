@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import require_shared_data
-from nnunetv2_xlstm.demo.run_demo import run_command
+from nnunetv2_xlstm.commands import run_command
 
 PATIENTS = ("patient099", "patient038", "patient050")  # the fixed 3-patient few-label list of the data README
 

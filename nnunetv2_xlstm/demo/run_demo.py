@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from nnunetv2_xlstm.atomic import atomic_write
+from nnunetv2_xlstm.commands import run_command
 from nnunetv2_xlstm.demo.phantoms import PhantomGeometry, write_phantom_dataset
 from nnunetv2_xlstm.env import InputError, nnunet_environment
 from nnunetv2_xlstm.labels import WHOLE_HEART_LABELS
@@ -30,18 +30,6 @@ PLANS = "nnUNetPlansXLSTMEncoder"
 CONFIG = "3d_fullres"
 GEOMETRY = PhantomGeometry((40, 40, 40), 3.6)  # 144 mm; with two trainings the demo fits 15 min on 2 cores
 ARMS = {"pretrained": "nnUNetTrainerXLSTMPretrained", "scratch": "nnUNetTrainerXLSTMScratch"}
-
-
-def run_command(args: list[str], env: dict[str, str]) -> None:
-    """Run an nnU-Net console command, its output going to ours; raise with the command line if it fails.
-
-    The command is looked up next to the running interpreter first, so an unactivated venv works too.
-    """
-    print("$ " + " ".join(args), flush=True)
-    local = Path(sys.executable).parent / args[0]
-    result = subprocess.run([str(local) if local.exists() else args[0], *args[1:]], env=env)
-    if result.returncode:
-        raise RuntimeError(f"command failed with exit code {result.returncode}: {' '.join(args)}")
 
 
 def _prepare_output(output: Path) -> None:

@@ -106,12 +106,18 @@ class XLSTMUNetPlanner(ResEncUNetPlanner):
         data's spacing or normalisation differ from pretraining's."""
         if self.pretrained_encoder is not None:
             folder = Path(paths.nnUNet_preprocessed) / self.dataset_name  # where nnU-Net saves the plans
-            target = atomic_copy(self.pretrained_encoder, folder / f"{self.plans_identifier}_encoder.pt")
-            plans["pretrained_encoder"] = {"file": target.name, "sha256": file_sha256(target),
-                                           "source": str(self.pretrained_encoder.resolve())}
-            for warning in encoder_plan_warnings(plans, self.encoder_plan):
+            for warning in attach_encoder(plans, self.pretrained_encoder, self.encoder_plan, folder):
                 print(f"WARNING: {warning}")
         super().save_plans(plans)
+
+
+def attach_encoder(plans: dict, encoder: Path, encoder_plan: dict, folder: Path) -> list[str]:
+    """Copy ``encoder`` (atomically) beside the plans in ``folder`` as ``<plans_name>_encoder.pt`` and record it
+    (file, SHA-256, source) in ``plans["pretrained_encoder"]``; return :func:`encoder_plan_warnings`."""
+    target = atomic_copy(encoder, folder / f"{plans['plans_name']}_encoder.pt")
+    plans["pretrained_encoder"] = {"file": target.name, "sha256": file_sha256(target),
+                                   "source": str(Path(encoder).resolve())}
+    return encoder_plan_warnings(plans, encoder_plan)
 
 
 def encoder_plan_warnings(plans: dict, encoder_plan: dict, tolerance: float = 1.25) -> list[str]:

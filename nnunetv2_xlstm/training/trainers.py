@@ -1,11 +1,14 @@
-"""Trainers for XLSTMUNet plans. Each subclass changes one thing: the schedule, or where the encoder starts from.
+"""Trainers. Each subclass changes one thing: the schedule, the networks it accepts, or where the encoder starts from.
 
 =================================  =====================================================================
 ``nnUNetTrainerXLSTM``             nnU-Net's training (1000 epochs, SGD), XLSTMUNet plans only
 ``nnUNetTrainerXLSTMPretrained``   loads the plans' pretrained encoder strictly; encoder frozen while the
                                    lr warms up over the first 10 % of epochs, then poly
 ``nnUNetTrainerXLSTMScratch``      the matched baseline: the same plans and schedule, random weights
+``nnUNetTrainerBenchmark``         the matched baseline's recipe for any dynamic-network-architectures
+                                   network (PlainConvUNet, ResEnc, XLSTMUNet): the benchmark's other arms
 ``*_short`` / ``*_smoke``          the same with the :data:`SHORT` (CPU) / :data:`SMOKE` (tests) schedule
+``*_cpu`` / ``*_gpu15min``         the benchmark presets' schedules (:data:`CPU`, :data:`GPU15MIN`)
 =================================  =====================================================================
 """
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +37,10 @@ from nnunetv2_xlstm.training.lr_schedule import WarmupPolyLR
 
 __all__ = ["nnUNetTrainerXLSTM", "nnUNetTrainerXLSTM_short", "nnUNetTrainerXLSTM_smoke",
            "nnUNetTrainerXLSTMPretrained", "nnUNetTrainerXLSTMPretrained_short", "nnUNetTrainerXLSTMPretrained_smoke",
-           "nnUNetTrainerXLSTMScratch", "nnUNetTrainerXLSTMScratch_short", "nnUNetTrainerXLSTMScratch_smoke"]
+           "nnUNetTrainerXLSTMPretrained_cpu", "nnUNetTrainerXLSTMPretrained_gpu15min",
+           "nnUNetTrainerXLSTMScratch", "nnUNetTrainerXLSTMScratch_short", "nnUNetTrainerXLSTMScratch_smoke",
+           "nnUNetTrainerBenchmark", "nnUNetTrainerBenchmark_smoke", "nnUNetTrainerBenchmark_cpu",
+           "nnUNetTrainerBenchmark_gpu15min"]
 
 
 @dataclass(frozen=True)
@@ -45,20 +52,27 @@ class Schedule:
     val_iterations: int
     optimizer: Literal["sgd", "adamw"] = "adamw"
     lr: float = 1e-3
+    mirror_tta: bool = True  # test-time mirroring in the final validation and nnUNetv2_predict (8 passes in 3D)
 
 
 # AdamW, not nnU-Net's SGD (lr 0.01, momentum 0.99): on the phantoms SGD still predicted only background and aorta
 # after 225 iterations, where AdamW segments most structures within 60
 SHORT = Schedule(epochs=16, iterations=25, val_iterations=3)  # about 7 min on 2 CPU cores at the demo's 48^3 patch
-SMOKE = Schedule(epochs=2, iterations=4, val_iterations=2)  # checks a pipeline, learns nothing
+SMOKE = Schedule(epochs=2, iterations=4, val_iterations=2, mirror_tta=False)  # checks a pipeline, learns nothing
+# the benchmark presets' (nnunetv2_xlstm.benchmark.presets): about 10 min per arm on 2 CPU cores at ACDC's CPU size
+# (2.2-3 s per iteration at patch 10x128x112, batch 2, plus start-up and validation), about 5 min per arm on one
+# H100 (estimated from the brief's step times, not measured)
+CPU = Schedule(epochs=8, iterations=20, val_iterations=2, mirror_tta=False)
+GPU15MIN = Schedule(epochs=20, iterations=50, val_iterations=5, mirror_tta=False)
 
 
-class nnUNetTrainerXLSTM(nnUNetTrainer):
-    """nnU-Net's trainer, refusing plans that do not configure an XLSTMUNet.
+class ScheduledTrainer(nnUNetTrainer):
+    """nnU-Net's trainer with a :class:`Schedule`, an lr warm-up that may freeze the encoder, and optional strict
+    loading of a pretrained encoder; for any network with an ``encoder`` (dynamic-network-architectures').
 
-    Without this check ``-tr nnUNetTrainerXLSTM -p nnUNetPlans`` would silently train stock nnU-Net's network.
-    torch.compile stays off unless ``nnUNet_compile=1`` is set: it is untested with the Triton mLSTM kernels.
-    The optimiser has two parameter groups, ``encoder`` and ``decoder``, for the fine-tuning warm-up.
+    The optimiser has two parameter groups, ``encoder`` and ``decoder``. torch.compile stays off unless
+    ``nnUNet_compile=1`` is set: it is untested with the Triton mLSTM kernels. Each epoch's log ends with the peak
+    memory (CUDA: allocated tensors; CPU: the training process's resident set), which the benchmark reads.
     """
 
     schedule: Schedule | None = None
@@ -73,23 +87,26 @@ class nnUNetTrainerXLSTM(nnUNetTrainer):
             self.num_epochs, self.num_iterations_per_epoch = self.schedule.epochs, self.schedule.iterations
             self.num_val_iterations_per_epoch, self.initial_lr = self.schedule.val_iterations, self.schedule.lr
         self.warmup_epochs = max(1, round(self.warmup_fraction * self.num_epochs)) if self.warmup_fraction else 0
-
-    @staticmethod
-    def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
-                                   num_input_channels: int, num_output_channels: int,
-                                   enable_deep_supervision: bool = True) -> nn.Module:
-        name = configuration_manager.network_arch_class_name
-        if name.split(".")[-1] != XLSTMUNet.__name__:
-            raise RuntimeError(
-                f"plans '{plans_manager.plans_name}' configure {name}, not XLSTMUNet. Plan with "
-                f"nnunetv2_xlstm_plan_and_preprocess and train with -p nnUNetPlansXLSTM.")
-        return nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
-                                                        num_output_channels, enable_deep_supervision)
+        self.save_every = min(self.save_every, max(1, self.num_epochs // 5))  # short runs keep a resumable checkpoint
 
     def _do_i_compile(self) -> bool:
         return os.environ.get("nnUNet_compile", "").lower() in ("true", "1", "t") and super()._do_i_compile()
 
-    def plain_network(self) -> XLSTMUNet:
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self) -> tuple:
+        settings = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        if self.schedule is not None and not self.schedule.mirror_tta:
+            self.inference_allowed_mirroring_axes = None  # stored in the checkpoint, so nnUNetv2_predict follows
+        return settings
+
+    def on_epoch_end(self) -> None:
+        super().on_epoch_end()
+        if self.device.type == "cuda":
+            peak, kind = torch.cuda.max_memory_allocated(self.device) / 2 ** 30, "cuda allocated"
+        else:
+            peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, "process resident"
+        self.print_to_log_file(f"Peak memory: {peak:.2f} GiB ({kind})")
+
+    def plain_network(self) -> nn.Module:
         """The network without its DDP and torch.compile wrappers."""
         net = self.network.module if isinstance(self.network, DistributedDataParallel) else self.network
         return net._orig_mod if isinstance(net, OptimizedModule) else net
@@ -146,6 +163,25 @@ class nnUNetTrainerXLSTM(nnUNetTrainer):
                                f"{len(report['fresh'])} tensors ({count(report['fresh'])}); every key in {listing}")
 
 
+class nnUNetTrainerXLSTM(ScheduledTrainer):
+    """nnU-Net's trainer, refusing plans that do not configure an XLSTMUNet.
+
+    Without this check ``-tr nnUNetTrainerXLSTM -p nnUNetPlans`` would silently train stock nnU-Net's network.
+    """
+
+    @staticmethod
+    def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        name = configuration_manager.network_arch_class_name
+        if name.split(".")[-1] != XLSTMUNet.__name__:
+            raise RuntimeError(
+                f"plans '{plans_manager.plans_name}' configure {name}, not XLSTMUNet. Plan with "
+                f"nnunetv2_xlstm_plan_and_preprocess and train with -p nnUNetPlansXLSTM.")
+        return nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
+                                                        num_output_channels, enable_deep_supervision)
+
+
 class nnUNetTrainerXLSTM_short(nnUNetTrainerXLSTM):
     schedule = SHORT
 
@@ -181,3 +217,30 @@ class nnUNetTrainerXLSTMScratch_short(nnUNetTrainerXLSTMScratch):
 
 class nnUNetTrainerXLSTMScratch_smoke(nnUNetTrainerXLSTMScratch):
     schedule = SMOKE
+
+
+class nnUNetTrainerXLSTMPretrained_cpu(nnUNetTrainerXLSTMPretrained):
+    schedule = CPU
+
+
+class nnUNetTrainerXLSTMPretrained_gpu15min(nnUNetTrainerXLSTMPretrained):
+    schedule = GPU15MIN
+
+
+class nnUNetTrainerBenchmark(ScheduledTrainer):
+    """The recipe of :class:`nnUNetTrainerXLSTMScratch` (lr warm-up over 10 % of the epochs with the encoder frozen,
+    then poly) for any network the plans name, so that a benchmark's arms differ only in their plans."""
+
+    warmup_fraction = 0.1
+
+
+class nnUNetTrainerBenchmark_smoke(nnUNetTrainerBenchmark):
+    schedule = SMOKE
+
+
+class nnUNetTrainerBenchmark_cpu(nnUNetTrainerBenchmark):
+    schedule = CPU
+
+
+class nnUNetTrainerBenchmark_gpu15min(nnUNetTrainerBenchmark):
+    schedule = GPU15MIN

@@ -1,0 +1,288 @@
+"""``nnunetv2_xlstm_benchmark``: every arm on the same splits, label budgets, training budget and evaluation.
+
+    nnunetv2_xlstm_benchmark -d 801 --preset cpu --budgets 3 7 --pretrained_encoder encoder_export.pt \\
+        --val_patients patient002 patient019 ...
+
+Steps, each through nnU-Net's own commands or API: few-label splits (one fold per budget, development patients held
+out in every fold) -> planning and preprocessing for the preset (see ``nnunetv2_xlstm.benchmark.arms``) ->
+``nnUNetv2_train`` of every arm on every budget -> Dice and HD95 on the held-out development patients (nnU-Net's
+final validation, final checkpoint) and, if there is a test folder (``imagesTs`` + ``labelsTs``), on it via
+``nnUNetv2_predict`` -> ``benchmark.json`` (every number), ``benchmark.md``, ``dice.png`` and ``curves.png``.
+
+Nothing is lost on a crash: the JSON is rewritten after every run, and a second call with the same arguments skips
+finished runs and continues interrupted ones from nnU-Net's latest checkpoint (``--c``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from nnunetv2_xlstm.atomic import atomic_write_text
+from nnunetv2_xlstm.benchmark.arms import ARMS, CONFIG, plan_arms, planned_arms
+from nnunetv2_xlstm.benchmark.presets import PRESETS, Preset, get_preset
+from nnunetv2_xlstm.benchmark.report import markdown_report, parse_training_log, plot_curves, plot_dice, speed_from_log
+from nnunetv2_xlstm.commands import run_command
+from nnunetv2_xlstm.datasets import check_dataset_json, find_raw_dataset
+from nnunetv2_xlstm.env import InputError, ext_trainer_value, require_env
+from nnunetv2_xlstm.evaluation import LabelSpec, evaluate_folder, parse_spec
+from nnunetv2_xlstm.splits import DEFAULT_GROUP_PATTERN, write_few_label_splits
+
+
+def run_benchmark(dataset_id: int, preset: Preset, output: Path, budgets: list[str] | None = None,
+                  train_patients: list[list[str]] | None = None, val_patients: list[str] | None = None,
+                  val_budget: str = "0.2", seed: int = 0, encoder: Path | None = None, arms: list[str] | None = None,
+                  device: str = "cpu", group_pattern: str = DEFAULT_GROUP_PATTERN, overwrite_splits: bool = False,
+                  test_folder: Path | None = None, test_spec: LabelSpec | None = None, timing_cases: int = 2,
+                  plan_only: bool = False) -> dict:
+    """Run (or continue) the benchmark; return the result that ``output/benchmark.json`` holds.
+
+    Budgets are patient counts or shares (nested seeded draws), or come from ``train_patients`` (one fixed list per
+    budget). ``test_folder`` (default: the raw data set's, if it has ``imagesTs`` and ``labelsTs``) is scored with
+    ``test_spec`` (default: the data set's labels). ``plan_only``: stop after splits and plans (then several
+    processes, e.g. one per GPU, can train their ``arms`` on them). Needs the ``nnUNet_*`` variables.
+    """
+    paths = require_env("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+    raw = find_raw_dataset(dataset_id)
+    dataset_json = check_dataset_json(raw)
+    arms = list(arms or ARMS)
+    unknown = sorted(set(arms) - set(ARMS))
+    if unknown:
+        raise InputError(f"unknown arm(s) {unknown}; choose from {', '.join(ARMS)}")
+    if encoder is None and "xlstm_pretrained" in arms:
+        arms.remove("xlstm_pretrained")
+        print("no --pretrained_encoder: the xlstm_pretrained arm is left out")
+    if train_patients is None and not budgets:
+        raise InputError("give --budgets (patient counts or shares) or one --train_patients list per budget")
+    output = Path(output).resolve()
+    structures = {k: v for k, v in dataset_json["labels"].items() if isinstance(v, int) and v != 0}
+    spec = LabelSpec(structures)
+    if test_folder is None and (raw / "imagesTs").is_dir() and (raw / "labelsTs").is_dir():
+        test_folder = raw
+    env = {**os.environ, "nnUNet_extTrainer": ext_trainer_value(os.environ.get("nnUNet_extTrainer"))}
+    env.setdefault("nnUNet_def_n_proc", str(min(4, os.cpu_count() or 1)))
+
+    splits = write_few_label_splits(dataset_id, "nested" if train_patients is None else "fixed lists", seed=seed,
+                                    val_patients=val_patients, val_budget=val_budget, train_patients=train_patients,
+                                    group_pattern=group_pattern, overwrite=overwrite_splits,
+                                    nested_budgets=None if train_patients else budgets)
+    summary = json.loads((splits.parent / "few_label_splits.json").read_text())
+    budget_names = [str(len(t)) for t in summary["train_patients"]]
+    result_file = output / "benchmark.json"
+    result = json.loads(result_file.read_text()) if result_file.is_file() else {}
+    if result and (result.get("dataset"), result.get("preset", {}).get("name")) != (raw.name, preset.name):
+        raise InputError(f"{result_file} is a benchmark of {result.get('dataset')} with preset "
+                         f"{result.get('preset', {}).get('name')}; choose another --output to benchmark {raw.name} "
+                         f"with preset {preset.name}")
+    plans = planned_arms(dataset_id, preset, encoder)
+    if plans is None:
+        plans, result["planning_warnings"] = plan_arms(dataset_id, preset, encoder)
+    result.update({
+        "dataset": raw.name, "preset": {"name": preset.name, "purpose": preset.purpose, "changes": preset.changes()},
+        "machine": machine_description(device), "device": device, "structures": list(structures),
+        "budgets": {b: t for b, t in zip(budget_names, summary["train_patients"])},
+        "val_patients": summary["val_patients"], "plans": plans,
+        "trainers": {a: preset.trainer(a) for a in arms}, "encoder": str(encoder) if encoder else None,
+        "evaluated_on": f"{len(summary['val_patients'])} held-out development patients (every fold's validation "
+                        f"set; nnU-Net's final validation, final checkpoint)"
+                        + (f"; test folder {test_folder}" if test_folder else ""),
+        "commands": " ".join(sys.argv) if sys.argv and "benchmark" in sys.argv[0] else None,
+    })
+    if plan_only:
+        save(result, output)
+        print(f"planned {', '.join(f'{a}: {p}' for a, p in plans.items())}")
+        return result
+    runs = result.setdefault("runs", {})
+    gt = splits.parent / "gt_segmentations"
+    jobs = [(fold, budget, arm) for fold, budget in enumerate(budget_names) for arm in arms]
+    bar = tqdm(jobs, desc="benchmark", unit="run", file=sys.stdout)
+    for fold, budget, arm in bar:
+        bar.set_postfix_str(f"{arm}, {budget} patients")
+        run = runs.setdefault(budget, {}).setdefault(arm, {})
+        if run.get("status") == "done":  # finished by an earlier call with these arguments
+            continue
+        run.update(label=ARMS[arm], fold=fold, trainer=preset.trainer(arm), plans=plans[arm])
+        folder = (paths["nnUNet_results"] / raw.name / f"{run['trainer']}__{plans[arm]}__{CONFIG}" / f"fold_{fold}")
+        log = output / "logs" / f"{arm}_{budget}.log"
+        train = ["nnUNetv2_train", str(dataset_id), CONFIG, str(fold), "-tr", run["trainer"], "-p", plans[arm],
+                 "-device", device]
+        try:
+            if not (folder / "checkpoint_final.pth").is_file():
+                t0 = time.perf_counter()
+                try:  # training and nnU-Net's final validation, summed over interrupted attempts
+                    run_command(train + (["--c"] if (folder / "checkpoint_latest.pth").is_file() else []), env, log)
+                finally:
+                    run["wall_seconds"] = run.get("wall_seconds", 0) + time.perf_counter() - t0
+            elif not (folder / "validation" / "summary.json").is_file():
+                run_command(train + ["--val"], env, log)
+            run["curve"] = parse_training_log(folder)
+            run.update(scores(evaluate_folder(gt, folder / "validation", spec, dataset_json["file_ending"],
+                                              summary["folds"][fold]["val"]), structures))
+            if test_folder is not None:
+                predictions = output / "predictions" / f"{arm}_{budget}"
+                seconds = predict(test_folder / "imagesTs", predictions, dataset_id, fold, run, device, env, log)
+                run["test"] = scores(evaluate_folder(test_folder / "labelsTs", predictions, test_spec or spec,
+                                                     dataset_json["file_ending"]), (test_spec or spec).structures)
+                run["predict_seconds_per_volume"] = seconds
+            run["status"] = "done"
+        except RuntimeError as e:  # a failed run is reported, the others go on
+            run["status"] = f"failed: {e}"
+            tqdm.write(f"{arm}, {budget} patients: {run['status']}", file=sys.stdout)
+        else:
+            tqdm.write(f"{ARMS[arm]}, {budget} patients: mean Dice {run['dice']['mean']:.3f}", file=sys.stdout)
+        save(result, output, figures=True)
+    bar.close()
+    result["speed"] = speed(result, arms, dataset_id, dataset_json, test_folder, timing_cases, device, env, output)
+    save(result, output, figures=True)
+    print(markdown_report(result))
+    print(f"wrote {output / 'benchmark.json'}, benchmark.md, dice.png, curves.png")
+    return result
+
+
+def scores(evaluation: dict, structures: dict[str, int]) -> dict:
+    """Mean Dice and HD95 per structure, and their mean over structures."""
+    out = {}
+    for metric in ("Dice", "HD95"):
+        values = {s: evaluation["mean"][s][metric] for s in structures}
+        out[metric.lower()] = {**values, "mean": sum(values.values()) / len(values)}
+    out["per_case"] = evaluation["per_case"]
+    return out
+
+
+def predict(images: Path, out: Path, dataset_id: int, fold: int, run: dict, device: str, env: dict[str, str],
+            log: Path) -> float:
+    """``nnUNetv2_predict`` of ``images`` with a run's model into ``out``; seconds per volume, model load included."""
+    t0 = time.perf_counter()
+    run_command(["nnUNetv2_predict", "-i", str(images), "-o", str(out), "-d", str(dataset_id), "-c", CONFIG, "-f",
+                 str(fold), "-tr", run["trainer"], "-p", run["plans"], "-device", device, "-npp", "1", "-nps", "1"],
+                env, log)
+    return (time.perf_counter() - t0) / max(1, len(list(out.glob("*.nii.gz"))))
+
+
+def speed(result: dict, arms: list[str], dataset_id: int, dataset_json: dict, test_folder: Path | None,
+          timing_cases: int, device: str, env: dict[str, str], output: Path) -> dict:
+    """Per arm: parameters; training step time (the fastest of its runs' medians: on a shared machine noise only
+    slows) and peak memory (the largest) from the training logs; prediction time per volume (the first budget's
+    test folder prediction, or ``timing_cases`` development images predicted once for timing alone)."""
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+    schedule = PRESETS[result["preset"]["name"]].schedule
+    previous = result.get("speed", {})
+    out = {}
+    for arm in arms:
+        runs = [r[arm] for r in result["runs"].values() if r.get(arm, {}).get("status") == "done"]
+        plans = json.loads((Path(os.environ["nnUNet_preprocessed"]) / result["dataset"]
+                            / f"{result['plans'][arm]}.json").read_text())
+        arch = plans["configurations"][CONFIG]["architecture"]
+        network = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"],
+                                         arch["_kw_requires_import"], len(dataset_json["channel_names"]),
+                                         len(dataset_json["labels"]), allow_init=False)
+        logs = [speed_from_log(r.get("curve") or [], schedule.iterations if schedule else 250) for r in runs]
+        steps = [x["step_seconds"] for x in logs if x["step_seconds"] is not None]
+        memory = [x["peak_memory_gib"] for x in logs if x["peak_memory_gib"] is not None]
+        entry = {"label": ARMS[arm], "parameters": sum(p.numel() for p in network.parameters()),
+                 "step_seconds": min(steps) if steps else None, "peak_memory_gib": max(memory) if memory else None}
+        if runs:
+            seconds = runs[0].get("predict_seconds_per_volume") or previous.get(arm, {}).get(
+                "predict_seconds_per_volume")
+            if seconds is None and test_folder is None and timing_cases > 0:
+                images = output / "timing_inputs"
+                if not images.is_dir():
+                    _link_development_images(images, result["val_patients"], dataset_id, dataset_json, timing_cases)
+                seconds = predict(images, output / "timing_predictions" / arm, dataset_id, runs[0]["fold"], runs[0],
+                                  device, env, output / "logs" / f"{arm}_timing.log")
+            entry["predict_seconds_per_volume"] = seconds
+        out[arm] = entry
+    return out
+
+
+def _link_development_images(folder: Path, val_patients: list[str], dataset_id: int, dataset_json: dict,
+                             count: int) -> None:
+    """Symbolic links to the first ``count`` development cases' images (all channels) in ``folder``."""
+    from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
+
+    files = get_filenames_of_train_images_and_targets(str(find_raw_dataset(dataset_id)), dataset_json)
+    cases = [c for c in sorted(files) if any(c.startswith(p) for p in val_patients)][:count]
+    tmp = folder.with_name(folder.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    for case in cases:
+        for image in files[case]["images"]:
+            link = tmp / Path(image).name
+            if not link.exists():
+                link.symlink_to(Path(image).resolve())
+    os.replace(tmp, folder)
+
+
+def save(result: dict, output: Path, figures: bool = False) -> None:
+    atomic_write_text(output / "benchmark.json", json.dumps(result, indent=1))
+    if figures:
+        atomic_write_text(output / "benchmark.md", markdown_report(result))
+        plot_dice(result, output / "dice.png")
+        plot_curves(result, output / "curves.png")
+
+
+def machine_description(device: str) -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    text = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+    if device == "cuda" and torch.cuda.is_available():
+        text += f", {torch.cuda.get_device_name()}"
+    return text
+
+
+def benchmark_entry(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-d", type=int, required=True, help="data set id")
+    p.add_argument("--preset", default="cpu", choices=list(PRESETS),
+                   help="; ".join(f"{k}: {v.purpose}" for k, v in PRESETS.items()))
+    p.add_argument("--budgets", nargs="+", default=None, help="labelled patients per fold: counts (3 7) or shares")
+    p.add_argument("--train_patients", nargs="+", action="append", default=None,
+                   help="fixed labelled patients of one budget; repeat per budget (instead of --budgets)")
+    p.add_argument("--val_patients", nargs="+", default=None, help="development patients, held out in every fold")
+    p.add_argument("--val_budget", default="0.2", help="share or count of development patients if not given (0.2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--group_pattern", default=DEFAULT_GROUP_PATTERN, help="regex; group 1 is the patient id")
+    p.add_argument("--pretrained_encoder", type=Path, default=None, metavar="encoder_export.pt",
+                   help="exported encoder for the xlstm_pretrained arm (left out without it)")
+    p.add_argument("--arms", nargs="+", default=None, choices=list(ARMS), help="default: all")
+    p.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: cuda if available")
+    p.add_argument("--test_folder", type=Path, default=None,
+                   help="a folder with imagesTs and labelsTs (default: the data set's own, if it has both)")
+    p.add_argument("--test_structures", nargs="+", default=None, metavar="NAME=VALUE",
+                   help="the test labels' structures, if their convention differs (see nnunetv2_xlstm_evaluate)")
+    p.add_argument("--test_remap", nargs="*", default=[], metavar="P:R")
+    p.add_argument("--test_ignore", action="append", default=[], metavar="V[:NAME,...]")
+    p.add_argument("--timing_cases", type=int, default=2, help="development images predicted for timing (2)")
+    p.add_argument("--overwrite_splits", action="store_true", help="replace an existing, different splits_final.json")
+    p.add_argument("--plan_only", action="store_true", help="write splits and plans, train nothing")
+    p.add_argument("--output", type=Path, default=None, help="report folder (default ./benchmark_<id>_<preset>)")
+    a = p.parse_args(argv)
+    if (a.budgets is None) == (a.train_patients is None):
+        p.error("give one of --budgets and --train_patients")
+    import torch
+
+    try:
+        test_spec = parse_spec(a.test_structures, a.test_remap, a.test_ignore) if a.test_structures else None
+        run_benchmark(a.d, get_preset(a.preset), a.output or Path(f"benchmark_{a.d}_{a.preset}"), a.budgets,
+                      a.train_patients, a.val_patients, a.val_budget, a.seed, a.pretrained_encoder, a.arms,
+                      a.device or ("cuda" if torch.cuda.is_available() else "cpu"), a.group_pattern,
+                      a.overwrite_splits, a.test_folder, test_spec, a.timing_cases, a.plan_only)
+    except InputError as e:
+        sys.exit(f"nnunetv2_xlstm_benchmark: error: {e}")
+
+
+if __name__ == "__main__":
+    benchmark_entry()
