@@ -205,3 +205,10 @@ def test_benchmark_command_on_phantoms(tmp_path: Path, nnunet_env: dict[str, str
     assert json.loads((tmp_path / "other" / "benchmark.json").read_text())["plans"] == result["plans"]
     other = subprocess.run(command[:4] + ["full"] + command[5:], env=nnunet_env, capture_output=True, text=True)
     assert other.returncode != 0 and "choose another --output" in other.stderr
+    # the full preset plans the stock arms with nnU-Net's own planners
+    full = subprocess.run(command[:4] + ["full"] + command[5:-4] + ["--output", str(tmp_path / "full"), "--plan_only"],
+                          env=nnunet_env, capture_output=True, text=True)
+    assert full.returncode == 0, full.stderr[-3000:]
+    assert json.loads((tmp_path / "full" / "benchmark.json").read_text())["plans"] == {
+        "stock": "nnUNetPlans", "resenc_m": "nnUNetResEncUNetMPlans", "xlstm": "nnUNetPlansXLSTMEncoder",
+        "xlstm_no_mlstm": "nnUNetPlansXLSTMEncoder_no_mlstm", "xlstm_pretrained": "nnUNetPlansXLSTMEncoder"}

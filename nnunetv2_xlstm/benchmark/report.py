@@ -55,7 +55,8 @@ def markdown_report(result: dict) -> str:
     lines = [f"# Benchmark: {result['dataset']}, preset `{result['preset']['name']}`", "",
              f"Preset: {result['preset']['purpose']}. Changes from nnU-Net's defaults: "
              + "; ".join(result["preset"]["changes"]) + ".", "",
-             f"Machine: {result['machine']}. Evaluated on: {result['evaluated_on']}.", ""]
+             f"Machine: {result['machine']}. Evaluated on: {result['evaluated_on']}. HD95 is averaged over the "
+             f"cases where both prediction and reference contain the structure; Dice over all.", ""]
     structures = result["structures"]
     for budget, arms in result["runs"].items():
         lines += [f"## {budget} labelled patients", "",
@@ -90,7 +91,7 @@ def plot_dice(result: dict, out: Path) -> None:
     plt = _pyplot()
     budgets = list(result["runs"])
     structures = [*result["structures"], "mean"]
-    fig, axes = plt.subplots(1, len(budgets), figsize=(1.2 + 1.6 * len(structures) * len(budgets), 3.6),
+    fig, axes = plt.subplots(1, len(budgets), figsize=(2.5 + 0.8 * len(structures) * len(budgets), 3.6),
                              squeeze=False, sharey=True)
     for ax, budget in zip(axes[0], budgets):
         arms = [(a, r) for a, r in result["runs"][budget].items() if "dice" in r]
@@ -110,6 +111,8 @@ def plot_dice(result: dict, out: Path) -> None:
 def plot_curves(result: dict, out: Path) -> None:
     """Learning curves side by side: pseudo Dice (nnU-Net's validation batches) and training loss per epoch."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     budgets = list(result["runs"])
     fig, axes = plt.subplots(2, len(budgets), figsize=(5 * len(budgets) + 1.5, 6), squeeze=False, sharex="col")
     for col, budget in enumerate(budgets):
@@ -124,6 +127,7 @@ def plot_curves(result: dict, out: Path) -> None:
         axes[1][col].set_xlabel("epoch")
         for ax in axes[:, col]:
             ax.grid(alpha=0.3)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     _save(fig, out)
 

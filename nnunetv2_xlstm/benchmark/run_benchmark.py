@@ -49,7 +49,7 @@ def run_benchmark(dataset_id: int, preset: Preset, output: Path, budgets: list[s
     ``test_spec`` (default: the data set's labels). ``plan_only``: stop after splits and plans (then several
     processes, e.g. one per GPU, can train their ``arms`` on them). Needs the ``nnUNet_*`` variables.
     """
-    paths = require_env("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+    require_env("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
     raw = find_raw_dataset(dataset_id)
     dataset_json = check_dataset_json(raw)
     arms = list(arms or ARMS)
@@ -93,7 +93,7 @@ def run_benchmark(dataset_id: int, preset: Preset, output: Path, budgets: list[s
         "evaluated_on": f"{len(summary['val_patients'])} held-out development patients (every fold's validation "
                         f"set; nnU-Net's final validation, final checkpoint)"
                         + (f"; test folder {test_folder}" if test_folder else ""),
-        "commands": " ".join(sys.argv) if sys.argv and "benchmark" in sys.argv[0] else None,
+        "command": " ".join(sys.argv) if sys.argv and "benchmark" in sys.argv[0] else None,
     })
     if plan_only:
         save(result, output)
@@ -109,34 +109,16 @@ def run_benchmark(dataset_id: int, preset: Preset, output: Path, budgets: list[s
         if run.get("status") == "done":  # finished by an earlier call with these arguments
             continue
         run.update(label=ARMS[arm], fold=fold, trainer=preset.trainer(arm), plans=plans[arm])
-        folder = (paths["nnUNet_results"] / raw.name / f"{run['trainer']}__{plans[arm]}__{CONFIG}" / f"fold_{fold}")
-        log = output / "logs" / f"{arm}_{budget}.log"
-        train = ["nnUNetv2_train", str(dataset_id), CONFIG, str(fold), "-tr", run["trainer"], "-p", plans[arm],
-                 "-device", device]
         try:
-            if not (folder / "checkpoint_final.pth").is_file():
-                t0 = time.perf_counter()
-                try:  # training and nnU-Net's final validation, summed over interrupted attempts
-                    run_command(train + (["--c"] if (folder / "checkpoint_latest.pth").is_file() else []), env, log)
-                finally:
-                    run["wall_seconds"] = run.get("wall_seconds", 0) + time.perf_counter() - t0
-            elif not (folder / "validation" / "summary.json").is_file():
-                run_command(train + ["--val"], env, log)
-            run["curve"] = parse_training_log(folder)
-            run.update(scores(evaluate_folder(gt, folder / "validation", spec, dataset_json["file_ending"],
-                                              summary["folds"][fold]["val"]), structures))
-            if test_folder is not None:
-                predictions = output / "predictions" / f"{arm}_{budget}"
-                seconds = predict(test_folder / "imagesTs", predictions, dataset_id, fold, run, device, env, log)
-                run["test"] = scores(evaluate_folder(test_folder / "labelsTs", predictions, test_spec or spec,
-                                                     dataset_json["file_ending"]), (test_spec or spec).structures)
-                run["predict_seconds_per_volume"] = seconds
+            train_and_score(run, dataset_id, raw.name, device, env, output / "logs" / f"{arm}_{budget}.log",
+                            validation=(gt, summary["folds"][fold]["val"], spec, dataset_json["file_ending"]),
+                            test=(test_folder, test_spec or spec) if test_folder is not None else None,
+                            predictions=output / "predictions" / f"{arm}_{budget}")
             run["status"] = "done"
+            tqdm.write(f"{ARMS[arm]}, {budget} patients: mean Dice {run['dice']['mean']:.3f}", file=sys.stdout)
         except RuntimeError as e:  # a failed run is reported, the others go on
             run["status"] = f"failed: {e}"
             tqdm.write(f"{arm}, {budget} patients: {run['status']}", file=sys.stdout)
-        else:
-            tqdm.write(f"{ARMS[arm]}, {budget} patients: mean Dice {run['dice']['mean']:.3f}", file=sys.stdout)
         save(result, output, figures=True)
     bar.close()
     result["speed"] = speed(result, arms, dataset_id, dataset_json, test_folder, timing_cases, device, env, output)
@@ -144,6 +126,35 @@ def run_benchmark(dataset_id: int, preset: Preset, output: Path, budgets: list[s
     print(markdown_report(result))
     print(f"wrote {output / 'benchmark.json'}, benchmark.md, dice.png, curves.png")
     return result
+
+
+def train_and_score(run: dict, dataset_id: int, dataset_name: str, device: str, env: dict[str, str], log: Path,
+                    validation: tuple[Path, list[str], LabelSpec, str], test: tuple[Path, LabelSpec] | None,
+                    predictions: Path) -> None:
+    """Train ``run`` (its ``trainer``, ``plans``, ``fold``) with ``nnUNetv2_train``, continuing an interrupted
+    attempt, and add its learning curve and scores on the development cases (``validation``: reference folder,
+    cases, spec, file ending) and, if given, on the test folder to ``run``."""
+    folder = (Path(os.environ["nnUNet_results"]) / dataset_name / f"{run['trainer']}__{run['plans']}__{CONFIG}"
+              / f"fold_{run['fold']}")
+    train = ["nnUNetv2_train", str(dataset_id), CONFIG, str(run["fold"]), "-tr", run["trainer"], "-p", run["plans"],
+             "-device", device]
+    if not (folder / "checkpoint_final.pth").is_file():
+        t0 = time.perf_counter()
+        try:  # training and nnU-Net's final validation, summed over interrupted attempts
+            run_command(train + (["--c"] if (folder / "checkpoint_latest.pth").is_file() else []), env, log)
+        finally:
+            run["wall_seconds"] = run.get("wall_seconds", 0) + time.perf_counter() - t0
+    elif not (folder / "validation" / "summary.json").is_file():
+        run_command(train + ["--val"], env, log)
+    run["curve"] = parse_training_log(folder)
+    references, cases, spec, ending = validation
+    run.update(scores(evaluate_folder(references, folder / "validation", spec, ending, cases), spec.structures))
+    if test is not None:
+        test_folder, test_spec = test
+        run["predict_seconds_per_volume"] = predict(test_folder / "imagesTs", predictions, dataset_id, run["fold"],
+                                                    run, device, env, log)
+        run["test"] = scores(evaluate_folder(test_folder / "labelsTs", predictions, test_spec, ending),
+                             test_spec.structures)
 
 
 def scores(evaluation: dict, structures: dict[str, int]) -> dict:
