@@ -53,6 +53,11 @@ def without_mlstm(xlstm: dict) -> dict:
     return {**xlstm, "arch_kwargs": {**xlstm["arch_kwargs"], "mlstm_stages": []}}
 
 
+def bench_plans_name(preset: Preset, arm: str | None = None) -> str:
+    """``nnUNetPlansBench_<preset>``, the shared base plans, or ``..._<arm>``, an arm's derived plans."""
+    return f"nnUNetPlansBench_{preset.name}" + (f"_{arm}" if arm else "")
+
+
 def derived_plans(base: dict, name: str, architecture: dict) -> dict:
     """``base`` renamed to ``name``, with only its 3D configuration, whose network is ``architecture``; the data
     identifier is kept, so the preprocessed data is shared."""
@@ -85,7 +90,7 @@ def plan_arms(dataset_id: int, preset: Preset, encoder: Path | None) -> tuple[di
         spacing = scaled_spacing(list(XLSTMUNetPlanner(dataset_id).determine_fullres_target_spacing()),
                                  preset.spacing_factor)
         base_name = plan_and_preprocess(
-            [dataset_id], overwrite_target_spacing=spacing, overwrite_plans_name=f"nnUNetPlansBench_{preset.name}",
+            [dataset_id], overwrite_target_spacing=spacing, overwrite_plans_name=bench_plans_name(preset),
             planner_kwargs={"base_features": preset.base_features, "max_features": preset.max_features,
                             **({"batch_size": preset.batch_size} if preset.batch_size else {})}, **common)
         folder = _preprocessed_folder(dataset_id)
@@ -98,7 +103,7 @@ def plan_arms(dataset_id: int, preset: Preset, encoder: Path | None) -> tuple[di
         names = {}
         for arm, arch in (("stock", stock_architecture(planned)), ("resenc_m", resenc_m_architecture(planned)),
                           ("xlstm", xlstm), ("xlstm_no_mlstm", without_mlstm(xlstm))):
-            plans = derived_plans(base, f"{base_name}_{arm}", arch)
+            plans = derived_plans(base, bench_plans_name(preset, arm), arch)
             if arm == "xlstm" and encoder is not None:
                 warnings += attach_encoder(plans, encoder, load_exported_encoder(encoder)[1], folder)
             names[arm] = _save(folder, plans)
@@ -113,9 +118,9 @@ def planned_arms(dataset_id: int, preset: Preset, encoder: Path | None) -> dict[
     if preset.stock_recipe:
         return None
     folder = _preprocessed_folder(dataset_id)
-    names = {arm: f"nnUNetPlansBench_{preset.name}_{arm}" for arm in ARMS if arm != "xlstm_pretrained"}
+    names = {arm: bench_plans_name(preset, arm) for arm in ARMS if arm != "xlstm_pretrained"}
     if not all((folder / f"{n}.json").is_file() for n in names.values()) or \
-            not (folder / f"nnUNetPlansBench_{preset.name}_{CONFIG}").is_dir():
+            not (folder / f"{bench_plans_name(preset)}_{CONFIG}").is_dir():
         return None
     recorded = json.loads((folder / f"{names['xlstm']}.json").read_text()).get("pretrained_encoder")
     if (recorded or {}).get("sha256") != (file_sha256(encoder) if encoder is not None else None):

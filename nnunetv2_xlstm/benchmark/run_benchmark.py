@@ -121,7 +121,8 @@ def run_benchmark(dataset_id: int, preset: Preset, output: Path, budgets: list[s
             tqdm.write(f"{arm}, {budget} patients: {run['status']}", file=sys.stdout)
         save(result, output, figures=True)
     bar.close()
-    result["speed"] = speed(result, arms, dataset_id, dataset_json, test_folder, timing_cases, device, env, output)
+    result["speed"] = speed(result, arms, dataset_id, dataset_json, test_folder,
+                            summary["folds"][0]["val"][:timing_cases], device, env, output)
     save(result, output, figures=True)
     print(markdown_report(result))
     print(f"wrote {output / 'benchmark.json'}, benchmark.md, dice.png, curves.png")
@@ -178,10 +179,10 @@ def predict(images: Path, out: Path, dataset_id: int, fold: int, run: dict, devi
 
 
 def speed(result: dict, arms: list[str], dataset_id: int, dataset_json: dict, test_folder: Path | None,
-          timing_cases: int, device: str, env: dict[str, str], output: Path) -> dict:
+          timing_cases: list[str], device: str, env: dict[str, str], output: Path) -> dict:
     """Per arm: parameters; training step time (the fastest of its runs' medians: on a shared machine noise only
     slows) and peak memory (the largest) from the training logs; prediction time per volume (the first budget's
-    test folder prediction, or ``timing_cases`` development images predicted once for timing alone)."""
+    test folder prediction, or the images of the development cases ``timing_cases``, predicted for timing alone)."""
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
     schedule = PRESETS[result["preset"]["name"]].schedule
@@ -203,10 +204,10 @@ def speed(result: dict, arms: list[str], dataset_id: int, dataset_json: dict, te
         if runs:
             seconds = runs[0].get("predict_seconds_per_volume") or previous.get(arm, {}).get(
                 "predict_seconds_per_volume")
-            if seconds is None and test_folder is None and timing_cases > 0:
+            if seconds is None and test_folder is None and timing_cases:
                 images = output / "timing_inputs"
                 if not images.is_dir():
-                    _link_development_images(images, result["val_patients"], dataset_id, dataset_json, timing_cases)
+                    _link_images(images, timing_cases, dataset_id, dataset_json)
                 seconds = predict(images, output / "timing_predictions" / arm, dataset_id, runs[0]["fold"], runs[0],
                                   device, env, output / "logs" / f"{arm}_timing.log")
             entry["predict_seconds_per_volume"] = seconds
@@ -214,13 +215,11 @@ def speed(result: dict, arms: list[str], dataset_id: int, dataset_json: dict, te
     return out
 
 
-def _link_development_images(folder: Path, val_patients: list[str], dataset_id: int, dataset_json: dict,
-                             count: int) -> None:
-    """Symbolic links to the first ``count`` development cases' images (all channels) in ``folder``."""
+def _link_images(folder: Path, cases: list[str], dataset_id: int, dataset_json: dict) -> None:
+    """A folder of symbolic links to the images (all channels) of the training ``cases``."""
     from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
 
     files = get_filenames_of_train_images_and_targets(str(find_raw_dataset(dataset_id)), dataset_json)
-    cases = [c for c in sorted(files) if any(c.startswith(p) for p in val_patients)][:count]
     tmp = folder.with_name(folder.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     for case in cases:
