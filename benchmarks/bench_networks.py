@@ -3,10 +3,12 @@
 The three networks get nnU-Net's topology for an isotropic patch (``get_pool_and_conv_props``, as the planners do):
 PlainConvUNet with 2 convs per stage (nnU-Net default), ResEnc-M's residual blocks (1, 3, 4, 6, 6, 6), and XLSTMUNet =
 ResEnc-M + 2 bidirectional mLSTM blocks in the two deepest stages. Widths 32..320. One step = forward, deep-supervision
-loss, backward, SGD step; bf16 autocast on CUDA, fp32 on CPU. Each network runs in its own process so that peak
+loss, backward, SGD step; ``--precision bf16`` (default: where the device supports it, see
+nunetv2_xlstm.precision) or fp32. Each network runs in its own process so that peak
 memory (CUDA: max allocated; CPU: peak RSS growth over the model's own) is its own.
 
     python benchmarks/bench_networks.py --device cpu --patch 64 --batch 2
+    python benchmarks/bench_networks.py --device cpu --patch 64 --batch 2 --precision fp32
     python benchmarks/bench_networks.py --device cuda --patch 128 --batch 2
 """
 
@@ -53,7 +55,8 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(arm: str, patch: int, batch: int, device: str, steps: int, warmup: int, queue: mp.Queue) -> None:
+def measure(arm: str, patch: int, batch: int, device: str, steps: int, warmup: int, bf16: bool,
+            queue: mp.Queue) -> None:
     torch.manual_seed(0)
     dev = torch.device(device)
     net = build(arm, patch).to(dev)
@@ -68,7 +71,7 @@ def measure(arm: str, patch: int, batch: int, device: str, steps: int, warmup: i
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
             outs = net(x)
             loss = sum(nn.functional.cross_entropy(o.float(), nn.functional.interpolate(
                 y[:, None].float(), o.shape[2:], mode="nearest")[:, 0].long()) / 2 ** k for k, o in enumerate(outs))
@@ -90,15 +93,20 @@ def main() -> None:
     p.add_argument("--patch", type=int, default=None, help="cubic patch edge (default: 64 on CPU, 128 on CUDA)")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--steps", type=int, default=None, help="timed steps (default: 3 on CPU, 20 on CUDA)")
+    p.add_argument("--precision", choices=["bf16", "fp32"], default=None,
+                   help="default: bf16 where the device supports it (nnunetv2_xlstm.precision), else fp32")
     p.add_argument("--json", default=None, help="also write the results here")
     a = p.parse_args()
     cpu = a.device == "cpu"
+    from nnunetv2_xlstm.precision import bf16_decision
+
+    bf16 = bf16_decision(torch.device(a.device).type, {"bf16": "on", "fp32": "off", None: "auto"}[a.precision])[0]
     patch, steps = a.patch or (64 if cpu else 128), a.steps or (3 if cpu else 20)
     ctx = mp.get_context("spawn")
     rows = []
     for arm in ARMS:
         q = ctx.Queue()
-        proc = ctx.Process(target=measure, args=(arm, patch, a.batch, a.device, steps, 1 if cpu else 5, q))
+        proc = ctx.Process(target=measure, args=(arm, patch, a.batch, a.device, steps, 1 if cpu else 5, bf16, q))
         proc.start()
         rows.append(q.get())
         proc.join()
@@ -106,7 +114,7 @@ def main() -> None:
                                                           f"{torch.get_num_threads()} threads"
     ref = {r["arm"]: r for r in rows}
     print(f"\n{machine}; torch {torch.__version__}; patch {patch}^3, batch {a.batch}, "
-          f"{'bf16 autocast' if not cpu else 'fp32'}, median of {steps} steps")
+          f"{'bf16 autocast' if bf16 else 'fp32'}, median of {steps} steps")
     print(f"{'network':<15}{'params (M)':>11}{'step (ms)':>11}{'peak (GiB)':>12}{'vs Plain':>10}{'vs ResEnc-M':>13}")
     for r in rows:
         print(f"{r['arm']:<15}{r['params_M']:>11.1f}{r['step_ms']:>11.0f}{r['peak_GiB']:>12.2f}"
@@ -114,7 +122,7 @@ def main() -> None:
               f"{r['step_ms'] / ref['ResEncUNet-M']['step_ms']:>13.2f}")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"machine": machine, "torch": torch.__version__, "patch": patch, "batch": a.batch,
+            json.dump({"machine": machine, "torch": torch.__version__, "patch": patch, "batch": a.batch, "bf16": bf16,
                        "results": rows}, f, indent=2)
 
 

@@ -8,17 +8,35 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from nnunetv2_xlstm.env import InputError
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` and rename the result to ``path`` (parents created); the temporary file is removed if
-    ``write`` fails. The temporary name keeps ``path``'s suffix, for writers that go by it (e.g. matplotlib)."""
+    ``write`` fails. The temporary name keeps ``path``'s suffix, for writers that go by it (e.g. matplotlib). The file
+    gets the usual umask-derived mode (e.g. 0644), not the temporary file's 0600. A folder that cannot be written
+    (read-only, full disk) raises :class:`InputError` naming ``path`` and the cause."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    except OSError as e:
+        raise InputError(f"cannot write {path}: {e.strerror or e}") from None
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise InputError(f"cannot write {path}: {e.strerror or e}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

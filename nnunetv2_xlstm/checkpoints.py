@@ -62,14 +62,35 @@ def safe_load(path: str | Path) -> dict:
     return obj
 
 
+def load_nnunet_checkpoint(path: str | Path) -> dict:
+    """An nnU-Net training checkpoint (``checkpoint_latest.pth`` ...) read with ``weights_only=True``: plain types,
+    tensors, and the numpy scalars and arrays of its ``logging``; :class:`InputError` naming the file otherwise."""
+    import numpy as np
+
+    multiarray = getattr(np, "_core", None) or np.core  # numpy 2 / 1
+    allowed = [np.dtype, np.ndarray, multiarray.multiarray.scalar, multiarray.multiarray._reconstruct,
+               *{type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")}]
+    with torch.serialization.safe_globals(allowed):
+        return safe_load(path)
+
+
 def save_exported_encoder(path: str | Path, weights: dict[str, torch.Tensor], plan: dict) -> None:
     """Write an exported encoder (format above), atomically."""
     missing = [k for k in REQUIRED_PLAN_KEYS if k not in plan]
     if missing:
         raise ValueError(f"adaptation plan lacks {missing}")
     atomic_torch_save({"format": EXPORT_FORMAT, "format_version": EXPORT_VERSION,
-                       "network_weights": {k: v.cpu() for k, v in weights.items()},
-                       "nnssl_adaptation_plan": plan}, path)
+                       "network_weights": share_aliases(weights), "nnssl_adaptation_plan": plan}, path)
+
+
+def share_aliases(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU tensors of ``weights`` in which keys that alias one tensor (dynamic-network-architectures registers each
+    conv twice: ``conv.weight`` and ``all_modules.0.weight``) share one copy, so that ``torch.save`` writes it once."""
+    out, seen = {}, {}
+    for k, v in weights.items():
+        alias = (v.device, v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), tuple(v.stride()))
+        out[k] = seen.setdefault(alias, v.detach().cpu())
+    return out
 
 
 def load_exported_encoder(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -94,16 +115,23 @@ ENCODER_ARCH_KEYS = ("n_stages", "features_per_stage", "kernel_sizes", "n_blocks
 
 
 def load_encoder_into(network: torch.nn.Module, path: str | Path, arch_kwargs: dict | None = None,
-                      input_channels: int | None = None) -> dict[str, list[str]]:
-    """Load an exported encoder into ``network`` (an XLSTMUNet) strictly; return ``{"loaded": keys, "fresh": keys}``.
+                      input_channels: int | None = None, decoder: bool = False) -> dict[str, list[str]]:
+    """Load an exported encoder (and, with ``decoder``, its decoder) into ``network`` (an XLSTMUNet) strictly; return
+    ``{"loaded": keys, "fresh": keys}``.
 
-    Every key under the plan's ``key_to_encoder`` / ``key_to_stem`` in the network must be in the file with the same
-    shape, and every key of the file must exist in the network; otherwise nothing is loaded and :class:`InputError`
-    lists the keys that differ and why. ``arch_kwargs`` (the network's plans kwargs) and ``input_channels``, when
-    given, are compared with the export's first, for a message in terms of the architecture. ``fresh`` lists the
-    network's other keys (decoder, segmentation heads), which keep their initialisation.
+    Every key under the plan's ``key_to_encoder`` / ``key_to_stem`` in the network (with ``decoder``: also every
+    ``decoder.*`` key but the segmentation heads) must be in the file with the same shape, and every such key of the
+    file must exist in the network; otherwise nothing is loaded and :class:`InputError` lists the keys that differ and
+    why. ``arch_kwargs`` (the network's plans kwargs) and ``input_channels``, when given, are compared with the
+    export's first, for a message in terms of the architecture. ``fresh`` lists the network's other keys (decoder,
+    segmentation heads), which keep their initialisation.
     """
     weights, plan = load_exported_encoder(path)
+    if decoder and not any(k.startswith("decoder.") for k in weights):
+        raise InputError(f"{path} holds no decoder (exported with export_decoder=false, or by the DINO objective); "
+                         f"load its encoder alone (nnUNetTrainerXLSTMPretrained)")
+    if not decoder:
+        weights = {k: v for k, v in weights.items() if not k.startswith("decoder.")}
     if input_channels is not None and plan["pretrain_num_input_channels"] != input_channels:
         raise InputError(f"{path} was pretrained on {plan['pretrain_num_input_channels']} input channel(s), this data "
                          f"set has {input_channels}: the stem's first convolution cannot be reused. Fine-tune on a "
@@ -115,9 +143,10 @@ def load_encoder_into(network: torch.nn.Module, path: str | Path, arch_kwargs: d
         if differ:
             raise InputError(f"{path} does not match the plans' architecture ({'; '.join(differ)}). Plan with "
                              f"nnunetv2_xlstm_plan_and_preprocess --pretrained_encoder {path}, which copies them")
-    prefixes = tuple(f"{plan[k]}." for k in ("key_to_encoder", "key_to_stem"))
+    prefixes = tuple(f"{plan[k]}." for k in ("key_to_encoder", "key_to_stem")) + (("decoder.",) if decoder else ())
     model = network.state_dict()
-    wanted = {k: v for k, v in model.items() if k.startswith(prefixes)}
+    wanted = {k: v for k, v in model.items()
+              if k.startswith(prefixes) and not k.startswith(("decoder.encoder.", "decoder.seg_layers."))}
     problems = {"missing from the file": [k for k in wanted if k not in weights],
                 "not in the network": [k for k in weights if k not in wanted],
                 "of another shape": [f"{k} (file {tuple(weights[k].shape)}, network {tuple(v.shape)})"
@@ -125,12 +154,13 @@ def load_encoder_into(network: torch.nn.Module, path: str | Path, arch_kwargs: d
     if any(problems.values()):
         shown = "; ".join(f"{len(keys)} key(s) {why}: {', '.join(keys[:3])}" + (", ..." if len(keys) > 3 else "")
                           for why, keys in problems.items() if keys)
-        raise InputError(f"{path} does not fit this network's encoder ({shown}). A different architecture or input "
-                         f"channel count; plan with --pretrained_encoder {path}")
-    encoder_prefix = prefixes[0].split(".")[0] + "."  # "encoder."
-    getattr(network, encoder_prefix[:-1]).load_state_dict(
-        {k[len(encoder_prefix):]: v for k, v in weights.items()}, strict=True)
-    # the decoder holds a reference to the encoder (DNA's UNetDecoder): its "decoder.encoder.*" aliases are loaded too
+        raise InputError(f"{path} does not fit this network's {'encoder and decoder' if decoder else 'encoder'} "
+                         f"({shown}). A different architecture or input channel count; plan with "
+                         f"--pretrained_encoder {path}")
+    state = {**model, **weights}
+    # the decoder holds a reference to the encoder (DNA's UNetDecoder): its "decoder.encoder.*" aliases load the same
+    state.update({k: state[k.replace("decoder.encoder.", "encoder.", 1)] for k in model if k.startswith("decoder.encoder.")})
+    network.load_state_dict(state, strict=True)
     fresh = [k for k in model if k not in wanted and k.replace("decoder.encoder.", "encoder.", 1) not in wanted]
     return {"loaded": sorted(wanted), "fresh": fresh}
 

@@ -8,6 +8,12 @@
   evaluated on a set labelled MYO=1, LV=2: ``1:0 2:1 3:2``). Unmapped prediction values are kept as they are.
 - ``--ignore V[:NAME,...]``: reference value V marks voxels that are not annotated. They are left out of the scoring
   of every structure, except the named ones, for which V is a known negative (e.g. 254 = "known not to be LV").
+
+Conventions: a structure absent from both prediction and reference scores Dice 1 and HD95 0 mm (nothing to find,
+nothing found). A structure in only one of them scores Dice 0 and HD95 = the image's diagonal in mm (the worst
+distance possible), so that a model that misses structures never looks better in mean HD95; such cases are counted
+as ``HD95_misses``. Prediction and reference must share size, spacing, origin and direction; NaN, non-integer and
+negative values are refused.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from scipy import ndimage
 
 from nnunetv2_xlstm.atomic import atomic_write_text
 from nnunetv2_xlstm.env import InputError
+from nnunetv2_xlstm.imageio import check_same_geometry, label_array, read_image
 
 
 @dataclass(frozen=True)
@@ -50,9 +57,9 @@ class LabelSpec:
 
 
 def dice(prediction: np.ndarray, reference: np.ndarray) -> float:
-    """``2|P∩R| / (|P|+|R|)`` of two boolean masks; NaN if both are empty."""
+    """``2|P∩R| / (|P|+|R|)`` of two boolean masks; 1 if both are empty."""
     total = prediction.sum() + reference.sum()
-    return float(2 * np.logical_and(prediction, reference).sum() / total) if total else float("nan")
+    return float(2 * np.logical_and(prediction, reference).sum() / total) if total else 1.0
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
@@ -62,9 +69,11 @@ def _surface(mask: np.ndarray) -> np.ndarray:
 
 def hd95(prediction: np.ndarray, reference: np.ndarray, spacing: tuple[float, ...]) -> float:
     """95th percentile of the symmetric surface distances in mm (MedPy's ``hd95``: both directed distance sets
-    pooled); NaN if either mask is empty."""
+    pooled); 0 if both masks are empty, the image diagonal (mm) if only one is."""
+    if not prediction.any() and not reference.any():
+        return 0.0
     if not prediction.any() or not reference.any():
-        return float("nan")
+        return float(np.linalg.norm(np.asarray(prediction.shape) * np.asarray(spacing)))
     sp, sr = _surface(prediction), _surface(reference)
     to_reference = ndimage.distance_transform_edt(~sr, sampling=spacing)[sp]
     to_prediction = ndimage.distance_transform_edt(~sp, sampling=spacing)[sr]
@@ -81,22 +90,19 @@ def score_case(prediction: np.ndarray, reference: np.ndarray, spacing: tuple[flo
     for name, value in spec.structures.items():
         valid = spec.valid_mask(reference, name)
         p, r = (prediction == value) & valid, (reference == value) & valid
-        out[name] = {"Dice": dice(p, r), "HD95": hd95(p, r, spacing)}
+        out[name] = {"Dice": dice(p, r), "HD95": hd95(p, r, spacing), "HD95_miss": bool(p.any() != r.any())}
     return out
 
 
 def _read(path: Path) -> tuple[np.ndarray, tuple[float, ...], sitk.Image]:
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as e:
-        raise InputError(f"cannot read {path} ({str(e).strip().splitlines()[-1]}); is it an image file?") from None
-    return sitk.GetArrayFromImage(image).astype(np.int64), tuple(reversed(image.GetSpacing())), image
+    image = read_image(path)
+    return label_array(image, path), tuple(reversed(image.GetSpacing())), image
 
 
 def evaluate_folder(reference_folder: Path, prediction_folder: Path, spec: LabelSpec,
                     file_ending: str = ".nii.gz", cases: list[str] | None = None) -> dict:
     """Score every reference case (or only ``cases``) against the prediction of the same name: ``{"per_case":
-    {case: scores}, "mean": {structure: {"Dice", "HD95"}}}``; means skip NaN (structure absent from both)."""
+    {case: scores}, "mean": {structure: {"Dice", "HD95", "HD95_misses"}}}`` (conventions: module docstring)."""
     references = sorted(Path(reference_folder).glob(f"*{file_ending}"))
     if cases is not None:
         references = [r for r in references if r.name[: -len(file_ending)] in set(cases)]
@@ -110,15 +116,12 @@ def evaluate_folder(reference_folder: Path, prediction_folder: Path, spec: Label
     for ref_path in references:
         reference, spacing, ref_image = _read(ref_path)
         prediction, _, pred_image = _read(Path(prediction_folder) / ref_path.name)
-        if not np.allclose(ref_image.GetSpacing(), pred_image.GetSpacing(), rtol=1e-3) or \
-                ref_image.GetSize() != pred_image.GetSize():
-            raise InputError(f"{Path(prediction_folder) / ref_path.name} has size {pred_image.GetSize()} and spacing "
-                             f"{pred_image.GetSpacing()}, its reference {ref_path} {ref_image.GetSize()} and "
-                             f"{ref_image.GetSpacing()}; predict at the reference's geometry")
+        check_same_geometry(ref_image, ref_path, pred_image, Path(prediction_folder) / ref_path.name)
         per_case[ref_path.name[: -len(file_ending)]] = score_case(prediction, reference, spacing, spec)
-    mean = {name: {metric: float(np.nanmean([c[name][metric] for c in per_case.values()]))
-                   if any(not np.isnan(c[name][metric]) for c in per_case.values()) else float("nan")
-                   for metric in ("Dice", "HD95")} for name in spec.structures}
+    mean = {name: {"Dice": float(np.mean([c[name]["Dice"] for c in per_case.values()])),
+                   "HD95": float(np.mean([c[name]["HD95"] for c in per_case.values()])),
+                   "HD95_misses": int(sum(c[name]["HD95_miss"] for c in per_case.values()))}
+            for name in spec.structures}
     return {"per_case": per_case, "mean": mean}
 
 
@@ -143,8 +146,8 @@ def parse_spec(structures: list[str], remap: list[str] = (), ignore: list[str] =
 
 def markdown_table(result: dict) -> str:
     """Mean Dice and HD95 per structure as a Markdown table."""
-    rows = [f"| {name} | {m['Dice']:.3f} | {m['HD95']:.2f} |" for name, m in result["mean"].items()]
-    return "\n".join(["| structure | Dice | HD95 (mm) |", "| --- | --- | --- |", *rows])
+    rows = [f"| {name} | {m['Dice']:.3f} | {m['HD95']:.2f} | {m['HD95_misses']} |" for name, m in result["mean"].items()]
+    return "\n".join(["| structure | Dice | HD95 (mm) | missed (HD95 = diagonal) |", "| --- | --- | --- | --- |", *rows])
 
 
 def evaluate_entry(argv: list[str] | None = None) -> None:

@@ -65,6 +65,19 @@ def few_label_splits(cases: list[str], budget: str | int | float | None, folds: 
     ``train_patients``: one fixed list per fold; ``nested_budgets``: one fold per budget, each the first patients
     of one seeded order, so smaller budgets are subsets of larger ones (either way ``budget`` and ``folds`` are
     not used)."""
+    try:
+        regex = re.compile(group_pattern)
+    except re.error as e:
+        raise InputError(f"--group_pattern {group_pattern!r} is not a regular expression ({e})") from None
+    if regex.groups < 1:
+        raise InputError(f"--group_pattern {group_pattern!r} has no group: group 1 must capture the patient id, "
+                         f"e.g. {DEFAULT_GROUP_PATTERN!r}")
+    if folds < 1:
+        raise InputError(f"--folds {folds}: give at least 1 fold")
+    for given, what in ((val_patients, "--val_patients"), *((t, "--train_patients") for t in train_patients or ())):
+        duplicated = sorted({p for p in given or () if list(given).count(p) > 1})
+        if duplicated:
+            raise InputError(f"{what} names {', '.join(duplicated)} more than once")
     patients = group_patients(cases, group_pattern)
     for given, what in ((val_patients, "--val_patients"), ([p for t in train_patients or () for p in t],
                                                             "--train_patients")):
@@ -117,6 +130,8 @@ def write_few_label_splits(dataset_id: int, budget: str, folds: int = 5, seed: i
         raise InputError(f"{target} exists with other splits; models trained on it would no longer match. Pass "
                          f"--overwrite to replace it (and retrain), or use another data set id")
     folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("unlabelled_fold*.txt"):  # an earlier split's lists may name today's development cases
+        stale.unlink()
     for k, fold in enumerate(result["folds"]):
         atomic_write_text(folder / f"unlabelled_fold{k}.txt",
                       "".join(f"{files[c]['images'][0]}\n" for c in fold["unlabelled"]))

@@ -42,8 +42,29 @@ class NetworkConfig:
 
 
 @dataclass
+class ProbeConfig:
+    """The transfer probe (``nnunetv2_xlstm_probe``) run on the teacher's encoder every ``every`` steps of masked
+    distillation (0: never), on nnU-Net's preprocessed data of a labelled data set; see docs/how-to/pretraining.md."""
+
+    every: int = 0
+    dataset: str = ""  # id or name, preprocessed with plans/configuration
+    plans: str = "nnUNetPlans"
+    configuration: str = "3d_fullres"
+    train_patients: list[str] = field(default_factory=list)
+    val_patients: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    steps: int = 200
+
+
+@dataclass
 class PretrainConfig:
     sources: list[SourceConfig] = field(default_factory=list)
+    # "masked_distillation" (default): one crop per volume; the EMA teacher sees it whole, the student with blocks of
+    # the bottleneck grid masked, and regresses the teacher's instance-normalised features of the deepest stages at the
+    # masked positions, plus reconstructs the masked voxels through the decoder (data2vec 2.0 / I-JEPA style
+    # distillation + MAE; no batch statistics, so it works at batch 4). "dino": DINO self-distillation of pooled
+    # multi-crop embeddings, which needs batches of hundreds (docs/explanation.md)
+    objective: Literal["masked_distillation", "dino"] = "masked_distillation"
     target_spacing: list[float] = field(default_factory=lambda: [2.0, 2.0, 2.0])  # mm (z, y, x), every source
     ct_fraction: float = 0.5  # share of samples drawn from CT; the real pool is ~240 MRI vs 11 CT volumes
     foreground_fraction: float = 0.9  # a sample's anchor inside the body mask (Otsu), else anywhere
@@ -75,6 +96,15 @@ class PretrainConfig:
     ibot: bool = False  # iBOT masked-token loss on the bottleneck tokens
     ibot_weight: float = 1.0
     ibot_mask_ratio: float = 0.3
+    # masked distillation (objective "masked_distillation"); its crop is global_crop_mm -> global_crop_voxels
+    mask_ratio: list[float] = field(default_factory=lambda: [0.6, 0.8])  # share of bottleneck cells masked, uniform
+    target_stages: int = 3  # targets: the teacher's features of this many deepest encoder stages
+    distill_beta: float = 2.0  # smooth-L1's beta on the instance-normalised targets
+    reconstruction_weight: float = 1.0  # MSE on the masked voxels through the decoder (0: off)
+    teacher_momentum_end: float = 0.999  # the momentum rises teacher_momentum -> this (cosine): slow teacher, small batch
+    collapse_stop: bool = False  # stop (with an error) when the collapse guards fire, instead of only warning
+    export_decoder: bool = True  # also export the pretrained decoder (fine-tuning may load it)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
     # optimisation
     steps: int = 1000
     batch_size: int = 4  # volumes per step (per process); each gives 2 global + num_local_crops local crops
@@ -89,6 +119,7 @@ class PretrainConfig:
     num_workers: int = 2
     log_every: int = 10
     save_every: int = 100
+    keep_checkpoints: int = 2  # checkpoint_step*.pt files kept besides checkpoint_latest.pt and the export
     plot_every: int = 25
     device: str = "auto"  # auto: cuda if available, else cpu
 
@@ -221,7 +252,18 @@ def load_config(file: str | Path | None = None, preset: str | None = None, overr
 
 def check_crops(config: PretrainConfig, where: str = "config") -> None:
     """Every crop must be divisible by the encoder's total stride and leave a bottleneck of at least 2 voxels per axis
-    (instance normalisation needs more than one element)."""
+    (instance normalisation needs more than one element); the mask ratio lies in (0, 1) and the target stages exist."""
+    low, high = mask_range(config)
+    if len(config.mask_ratio) not in (1, 2) or not 0 < low <= high < 1:
+        raise InputError(f"{where}: mask_ratio {config.mask_ratio} must be one share or a [low, high] range inside "
+                         f"(0, 1), e.g. [0.6, 0.8]")
+    if config.objective == "masked_distillation" and not 1 <= config.target_stages <= len(
+            config.network.features_per_stage):
+        raise InputError(f"{where}: target_stages {config.target_stages} must be between 1 and the encoder's "
+                         f"{len(config.network.features_per_stage)} stages")
+    if not 0 < config.teacher_momentum <= config.teacher_momentum_end <= 1:
+        raise InputError(f"{where}: need 0 < teacher_momentum ({config.teacher_momentum}) <= teacher_momentum_end "
+                         f"({config.teacher_momentum_end}) <= 1")
     stride = 1
     for s in config.network.strides:
         stride *= s
@@ -231,6 +273,12 @@ def check_crops(config: PretrainConfig, where: str = "config") -> None:
             raise InputError(f"{where}: {name} {crop} must be multiples of the encoder's total stride {stride} and at "
                              f"least {2 * stride} voxels (a bottleneck of 2 or more per axis); e.g. "
                              f"{[max(2 * stride, c // stride * stride) for c in crop]}")
+
+
+def mask_range(config: PretrainConfig) -> tuple[float, float]:
+    """``mask_ratio`` as a ``(low, high)`` range: one value is a fixed ratio."""
+    ratio = list(config.mask_ratio) or [float("nan")]
+    return ratio[0], ratio[-1]
 
 
 def config_to_dict(config: PretrainConfig) -> dict[str, Any]:

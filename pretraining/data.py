@@ -12,6 +12,7 @@ from skimage.filters import threshold_otsu
 from tqdm import tqdm
 
 from nnunetv2_xlstm.env import InputError
+from nnunetv2_xlstm.imageio import read_image
 from nnunetv2_xlstm_pretraining.config import PretrainConfig, SourceConfig
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".mnc", ".img")
@@ -70,11 +71,7 @@ def read_resampled(path: Path, target_spacing: list[float]) -> np.ndarray:
 
     Raises :class:`InputError` naming the file for unreadable, non-3D or multi-channel images and NaN/Inf voxels.
     """
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as e:
-        reason = str(e).strip().splitlines()[-1][:200]
-        raise InputError(f"{path} cannot be read ({reason}); convert it to NIfTI or remove it from the source") from None
+    image = read_image(path, "Convert it to NIfTI or remove it from the source.")
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{path} is a {image.GetDimension()}D image with {image.GetNumberOfComponentsPerPixel()} "
                          f"component(s); pretraining takes 3D single-channel images: split series into 3D files")

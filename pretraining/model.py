@@ -95,4 +95,4 @@ class StudentTeacherNet(nn.Module):
 
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:
         """The encoder's weights under XLSTMUNet's key names (``encoder.stem.*``, ``encoder.stages.*``)."""
-        return {f"encoder.{k}": v.detach().clone() for k, v in self.encoder.state_dict().items()}
+        return {f"encoder.{k}": v.detach() for k, v in self.encoder.state_dict().items()}

@@ -1,4 +1,6 @@
-"""The pretraining loop: DINO self-distillation of the XLSTMUNet encoder with an EMA teacher, on CT and MRI crops."""
+"""Pretraining of the XLSTMUNet encoder with an EMA teacher on CT and MRI crops: the shared set-up, checkpointing and
+export, and the DINO loop (``objective: dino``). The default objective's loop is in
+:mod:`nnunetv2_xlstm_pretraining.masked`."""
 
 from __future__ import annotations
 
@@ -15,10 +17,12 @@ from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from nnunetv2_xlstm.atomic import atomic_write_text
 from nnunetv2_xlstm.checkpoints import atomic_torch_save, safe_load, save_exported_encoder
 from nnunetv2_xlstm.env import InputError
+from nnunetv2_xlstm.precision import bf16_autocast, bf16_decision
 from nnunetv2_xlstm_pretraining import distributed as D
-from nnunetv2_xlstm_pretraining.config import PretrainConfig, config_to_dict
+from nnunetv2_xlstm_pretraining.config import PretrainConfig, config_to_dict, mask_range
 from nnunetv2_xlstm_pretraining.data import load_pool
 from nnunetv2_xlstm_pretraining.ema import ema_update, teacher_momentum
 from nnunetv2_xlstm_pretraining.ibot_loss import IBOTPatchLoss
@@ -98,6 +102,54 @@ def _setup_logging(output: Path) -> None:
         log.addHandler(handler)
 
 
+def setup_run(config: PretrainConfig, output: Path, resume: bool) -> tuple[torch.device, dict, dict | None,
+                                                                          logging.Logger]:
+    """Device and processes, the output folder (refusing to overwrite a run unless resuming), the log, the config
+    file and the adaptation plan; the checkpoint to resume from (checked against both) or None."""
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else
+                          config.device)
+    D.init_distributed(device)
+    if device.type == "cuda":
+        device = torch.device("cuda", D.rank() % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    output.mkdir(parents=True, exist_ok=True)
+    _setup_logging(output)
+    plan = adaptation_plan(config)
+    checkpoint = safe_load(output / LATEST) if resume else None
+    if resume:
+        _check_resume(checkpoint, plan, config, output / LATEST)
+    elif (output / LATEST).exists():
+        raise InputError(f"{output} already holds a run ({LATEST}); pass --resume to continue it or choose another "
+                         f"--output")
+    if D.rank() == 0:
+        for stale in output.glob(".checkpoint*"):  # temporary files of a write that a kill interrupted
+            stale.unlink()
+        for stale in output.glob(".progress*"):
+            stale.unlink()
+        atomic_write_text(output / "config.json", json.dumps(config_to_dict(config), indent=2))
+    return device, plan, checkpoint, log
+
+
+def load_logged_pool(config: PretrainConfig, progress: bool) -> list:
+    """Every process loads the pool (its batches differ by rank); the pool's make-up goes to the log."""
+    pool = load_pool(config, progress=progress)
+    counts = {m: sum(v.modality == m for v in pool) for m in ("CT", "MRI")}
+    log.info(f"pool: {len(pool)} volumes ({counts}), {sum(v.normalisation == 'ct_hu' for v in pool)} CT in HU")
+    return pool
+
+
+def save_checkpoint(output: Path, config: PretrainConfig, step: int, state: dict) -> None:
+    """``checkpoint_step<step>.pt`` and ``checkpoint_latest.pt`` (atomic), keeping the newest ``keep_checkpoints``
+    step files."""
+    state = {"format": CHECKPOINT_FORMAT, "step": step, "config": config_to_dict(config), **state}
+    atomic_torch_save(state, output / f"checkpoint_step{step}.pt")
+    atomic_torch_save(state, output / LATEST)
+    steps = sorted(int(p.stem.removeprefix("checkpoint_step")) for p in output.glob("checkpoint_step*.pt")
+                   if p.stem.removeprefix("checkpoint_step").isdigit())
+    for old in steps[:-config.keep_checkpoints] if config.keep_checkpoints > 0 else steps:
+        (output / f"checkpoint_step{old}.pt").unlink(missing_ok=True)
+
+
 def _check_resume(checkpoint: dict, plan: dict, config: PretrainConfig, path: Path) -> None:
     """Refuse to resume from a file that is not ours, or that another config or adaptation plan wrote."""
     if checkpoint.get("format") != CHECKPOINT_FORMAT:
@@ -114,35 +166,18 @@ def pretrain(config: PretrainConfig, output: str | Path, resume: bool = False, p
     """Pretrain, checkpoint into ``output`` and export the teacher's encoder to ``output/encoder_export.pt``.
 
     Returns ``{"export": path, "history": metrics per step, "center": DINO centre, "teacher": state_dict}``.
-    Under torchrun every process runs this; rank 0 writes files.
+    Under torchrun every process runs this; rank 0 writes files. The objective ``masked_distillation`` runs
+    :func:`nnunetv2_xlstm_pretraining.masked.pretrain_masked` (which returns no ``center``).
     """
-    # --- setup: device, processes, output folder, config --------------------------------------------------------
     output = Path(output)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else
-                          config.device)
-    D.init_distributed(device)
-    rank, world = D.rank(), D.world_size()
-    if device.type == "cuda":
-        device = torch.device("cuda", rank % torch.cuda.device_count())
-        torch.cuda.set_device(device)
-    output.mkdir(parents=True, exist_ok=True)
-    _setup_logging(output)
-    plan = adaptation_plan(config)
-    checkpoint = safe_load(output / LATEST) if resume else None
-    if resume:
-        _check_resume(checkpoint, plan, config, output / LATEST)
-    elif (output / LATEST).exists():
-        raise InputError(f"{output} already holds a run ({LATEST}); pass --resume to continue it or choose another "
-                         f"--output")
-    if rank == 0:
-        for stale in output.glob(".checkpoint*"):  # temporary files of a write that a kill interrupted
-            stale.unlink()
-        (output / "config.json").write_text(json.dumps(config_to_dict(config), indent=2))
+    if config.objective == "masked_distillation":
+        from nnunetv2_xlstm_pretraining.masked import pretrain_masked
 
-    # --- data: every process loads the pool; its batches differ by rank -----------------------------------------
-    pool = load_pool(config, progress=progress and rank == 0)
-    counts = {m: sum(v.modality == m for v in pool) for m in ("CT", "MRI")}
-    log.info(f"pool: {len(pool)} volumes ({counts}), {sum(v.normalisation == 'ct_hu' for v in pool)} CT in HU")
+        return pretrain_masked(config, output, resume, progress)
+    # --- setup: device, processes, output folder, config, data ------------------------------------------------
+    device, plan, checkpoint, log = setup_run(config, output, resume)
+    rank, world = D.rank(), D.world_size()
+    pool = load_logged_pool(config, progress and rank == 0)
 
     # --- student, teacher (EMA of the student, no gradient), loss, optimiser -----------------------------------
     torch.manual_seed(config.seed)
@@ -175,16 +210,16 @@ def pretrain(config: PretrainConfig, output: str | Path, resume: bool = False, p
         MultiCropDataset(pool, config, rank), batch_size=None, sampler=range(start, config.steps),
         num_workers=config.num_workers, prefetch_factor=4 if config.num_workers else None,
         persistent_workers=False, pin_memory=device.type == "cuda")
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    # DINO keeps fp32 on a CPU: its loss turned NaN within a few steps under CPU bf16 autocast (not on CUDA)
+    autocast = bf16_autocast(device) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    log.info(f"precision: {bf16_decision(device.type)[1] if device.type == 'cuda' else 'fp32 (DINO on a CPU)'}")
 
     def save(step: int) -> None:
-        state = {"format": CHECKPOINT_FORMAT, "step": step, "student": student.state_dict(),
-                 "teacher": teacher.state_dict(), "center": loss_fn.center.detach().cpu(),
-                 **({"ibot_center": ibot_loss.center.detach().cpu()} if ibot_loss is not None else {}),
-                 "optimizer": optimizer.state_dict(), "rng_torch": torch.get_rng_state(), "history": history,
-                 "config": config_to_dict(config), "adaptation_plan": plan}
-        atomic_torch_save(state, output / f"checkpoint_step{step}.pt")
-        atomic_torch_save(state, output / LATEST)
+        save_checkpoint(output, config, step, {
+            "student": student.state_dict(), "teacher": teacher.state_dict(), "center": loss_fn.center.detach().cpu(),
+            **({"ibot_center": ibot_loss.center.detach().cpu()} if ibot_loss is not None else {}),
+            "optimizer": optimizer.state_dict(), "rng_torch": torch.get_rng_state(), "history": history,
+            "adaptation_plan": plan})
 
     # --- the loop ----------------------------------------------------------------------------------------------
     bar = tqdm(total=config.steps, initial=start, desc="pretraining", disable=not progress or rank != 0)
@@ -216,7 +251,7 @@ def pretrain(config: PretrainConfig, output: str | Path, resume: bool = False, p
         loss.backward()
         grad_norm = nn.utils.clip_grad_norm_(student.parameters(), config.clip_grad)
         optimizer.step()
-        momentum = teacher_momentum(step, config.steps, config.teacher_momentum)
+        momentum = teacher_momentum(step, config.steps, config.teacher_momentum, config.teacher_momentum_end)
         ema_update(teacher, student, momentum)
         D.average_buffers(teacher)  # running statistics come from each rank's own batch
 
@@ -256,8 +291,16 @@ def export_checkpoint(output: str | Path) -> Path:
     checkpoint = safe_load(output / LATEST)
     if checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"{output / LATEST} is not a pretraining checkpoint of this package")
-    prefix = "encoder."
-    weights = {k: v for k, v in checkpoint["teacher"].items() if k.startswith(prefix)}
+    teacher = checkpoint["teacher"]
+    if checkpoint["config"].get("objective", "dino") == "masked_distillation":  # keys net.encoder.*, net.decoder.*
+        from nnunetv2_xlstm_pretraining.masked import MaskedDistillationNet
+
+        net = MaskedDistillationNet(checkpoint["adaptation_plan"]["architecture_plans"]["arch_kwargs"],
+                                    checkpoint["config"]["target_stages"])
+        net.load_state_dict(teacher)
+        weights = net.export_weights(checkpoint["config"].get("export_decoder", True))
+    else:
+        weights = {k: v for k, v in teacher.items() if k.startswith("encoder.")}
     save_exported_encoder(output / EXPORT, weights, checkpoint["adaptation_plan"])
     _setup_logging(output)
     log.info(f"exported the teacher's encoder of step {checkpoint['step']} (of {checkpoint['config']['steps']}) to "
@@ -266,8 +309,13 @@ def export_checkpoint(output: str | Path) -> Path:
 
 
 def describe(config: PretrainConfig) -> str:
-    """One line for logs: the run's size."""
-    return (f"{config.steps} steps x {config.batch_size} volumes x (2 global {config.global_crop_voxels} + "
+    """One line for logs: the run's objective and size."""
+    if config.objective == "masked_distillation":
+        low, high = mask_range(config)
+        return (f"masked distillation: {config.steps} steps x {config.batch_size} crops {config.global_crop_voxels} "
+                f"at {config.target_spacing} mm, {low:.0%}-{high:.0%} of the bottleneck masked, "
+                f"{len(config.sources)} source(s)")
+    return (f"DINO: {config.steps} steps x {config.batch_size} volumes x (2 global {config.global_crop_voxels} + "
             f"{config.num_local_crops} local {config.local_crop_voxels}) at {config.target_spacing} mm, "
             f"{len(config.sources)} source(s)")
 

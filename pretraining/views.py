@@ -22,7 +22,7 @@ from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
 from batchgeneratorsv2.transforms.utils.random import RandomTransform
 from torch.nn import functional as F
 
-from nnunetv2_xlstm_pretraining.config import PretrainConfig
+from nnunetv2_xlstm_pretraining.config import PretrainConfig, mask_range
 from nnunetv2_xlstm_pretraining.data import Volume, sample_anchor, sample_crop_box, sample_volume
 
 
@@ -131,3 +131,42 @@ class MultiCropDataset(torch.utils.data.Dataset):
                 masks.append(self.token_masks(rng))
                 modalities.append(volume.modality)
         return torch.stack(g), torch.stack(l), torch.stack(masks), modalities
+
+
+def block_mask(grid: list[int], ratio: tuple[float, float], rng: np.random.Generator) -> np.ndarray:
+    """A boolean mask over the bottleneck ``grid`` with ``round(r * cells)`` cells set (at least 1, at most all but
+    1), ``r`` uniform in ``ratio``: each cell is a block of the crop of the encoder's total stride per axis."""
+    cells = int(np.prod(grid))
+    count = min(max(1, round(rng.uniform(*ratio) * cells)), cells - 1)
+    mask = np.zeros(cells, bool)
+    mask[rng.choice(cells, count, replace=False)] = True
+    return mask.reshape(grid)
+
+
+def expand_mask(mask: torch.Tensor, size: tuple[int, ...] | torch.Size) -> torch.Tensor:
+    """``(B, *grid)`` bool -> ``(B, 1, *size)`` float, each cell repeated over its block (nearest upsampling)."""
+    return F.interpolate(mask[:, None].float(), size=tuple(size), mode="nearest")
+
+
+class MaskedViewDataset(MultiCropDataset):
+    """Item ``step``: ``(views (B, 1, *G), masks (B, *grid) bool, modalities list[str])``: one augmented crop per
+    volume (``global_crop_mm`` x ``global_scale`` resampled to ``global_crop_voxels``) and its block mask. Teacher
+    and student get the same crop; the student's copy is masked. Seeded per step as :class:`MultiCropDataset`."""
+
+    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        c = self.config
+        seed = int(np.random.SeedSequence([c.seed, self.rank, step]).generate_state(1)[0])
+        rng = np.random.default_rng(seed)
+        ratio = mask_range(c)
+        crop_mm = np.asarray(c.global_crop_mm)
+        views, masks, modalities = [], [], []
+        with seeded(seed):
+            for _ in range(c.batch_size):
+                volume = sample_volume(self.pool, rng, c.ct_fraction)
+                anchor = sample_anchor(volume, rng, c.foreground_fraction)
+                start, size = sample_crop_box(volume, rng, crop_mm, tuple(c.global_scale), self.spacing, anchor,
+                                              0.25 * crop_mm.min())
+                views.append(self.global_aug(image=extract_view(volume, start, size, c.global_crop_voxels))["image"])
+                masks.append(torch.from_numpy(block_mask(token_grid(c), tuple(ratio), rng)))
+                modalities.append(volume.modality)
+        return torch.stack(views), torch.stack(masks), modalities

@@ -7,19 +7,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
 from nnunetv2_xlstm.benchmark.arms import (
-    ARMS, PLAIN_CONV_UNET, RESIDUAL_ENCODER_UNET, derived_plans, resenc_m_architecture, stock_architecture,
+    ARMS, DEFAULT_ARMS, PLAIN_CONV_UNET, RESIDUAL_ENCODER_UNET, derived_plans, resenc_m_architecture, stock_architecture,
     without_mlstm,
 )
 from nnunetv2_xlstm.benchmark.presets import PRESETS, scaled_spacing
-from nnunetv2_xlstm.benchmark.report import markdown_report, parse_training_log, speed_from_log
+from nnunetv2_xlstm.benchmark.report import (bootstrap_ci, curve_from_checkpoint, markdown_report, speed_from_curve,
+                                              summarise)
+from nnunetv2_xlstm.benchmark.run_benchmark import check_minutes, check_seeds, results_folder
 from nnunetv2_xlstm.demo.phantoms import PhantomGeometry, write_phantom_dataset
+from nnunetv2_xlstm.env import InputError
 from nnunetv2_xlstm.splits import few_label_splits
-from nnunetv2_xlstm.training import trainers
+from nnunetv2_xlstm.training import semi, trainers
 
 XLSTM = {"network_class_name": "nnunetv2_xlstm.network.xlstm_unet.XLSTMUNet",
          "arch_kwargs": {"n_stages": 4, "features_per_stage": [8, 16, 32, 32], "conv_op": "torch.nn.modules.conv.Conv3d",
@@ -49,8 +53,9 @@ def test_every_preset_names_existing_trainers_and_says_what_it_changes() -> None
     for preset in PRESETS.values():
         for arm in ARMS:
             name = preset.trainer(arm)
-            assert name == "nnUNetTrainer" or hasattr(trainers, name), (preset.name, arm, name)
-            schedule = getattr(getattr(trainers, name), "schedule", None)
+            module = semi if "Semi" in name else trainers
+            assert name == "nnUNetTrainer" or hasattr(module, name), (preset.name, arm, name)
+            schedule = getattr(getattr(module, name), "schedule", None)
             assert schedule == preset.schedule
         assert preset.changes()
     assert PRESETS["cpu"].trainer("xlstm") == PRESETS["cpu"].trainer("stock") == "nnUNetTrainerBenchmark_cpu"
@@ -104,42 +109,109 @@ def test_nested_budgets_are_subsets_and_deterministic() -> None:
     assert few_label_splits(cases, None, val_budget="4", nested_budgets=["2"], seed=4)["train_patients"][0] != small
 
 
-def test_training_log_parsing_and_speed(tmp_path: Path) -> None:
-    line = lambda t, text: f"2026-11-26 17:{t}.000000: {text} \n"
-    (tmp_path / "training_log_2026_11_26_17_00_00.txt").write_text(
-        line("00:00", "Epoch 0") + line("00:01", "Current learning rate: 0.001") + line("00:10", "train_loss 0.5")
-        + line("00:10", "val_loss 0.4") + line("00:10", "Pseudo dice [np.float32(0.1), np.float32(0.3)]")
-        + line("00:10", "Epoch time: 10.0 s") + line("00:10", "Peak memory: 1.50 GiB (process resident)")
-        + line("00:11", "Epoch 1") + line("00:20", "train_loss 0.9"))  # interrupted during epoch 1
-    (tmp_path / "training_log_2026_11_26_17_30_00.txt").write_text(
-        line("30:00", "Epoch 1") + line("30:10", "train_loss 0.3") + line("30:10", "val_loss 0.2")
-        + line("30:10", "Pseudo dice [0.5, 0.7]") + line("30:10", "Epoch time: 4.0 s")
-        + line("30:10", "Peak memory: 2.00 GiB (process resident)") + line("30:11", "Epoch 2")
-        + line("30:15", "Epoch time: 6.0 s"))
-    epochs = parse_training_log(tmp_path)
-    assert [e["epoch"] for e in epochs] == [0, 1, 2]
-    assert epochs[0] == {"epoch": 0, "train_loss": 0.5, "val_loss": 0.4, "pseudo_dice": pytest.approx(0.2),
-                         "seconds": 10.0, "peak_memory_gib": 1.5}
-    assert epochs[1]["train_loss"] == 0.3 and epochs[1]["pseudo_dice"] == pytest.approx(0.6)
-    assert speed_from_log(epochs, 2) == {"step_seconds": 2.5, "peak_memory_gib": 2.0}  # median(4, 6) / 2; epoch 0 skipped
-    assert speed_from_log([], 2) == {"step_seconds": None, "peak_memory_gib": None}
+def test_curve_and_speed_from_nnunet_checkpoint_logging(tmp_path: Path) -> None:
+    """Curves come from the checkpoint's logging (numpy scalars, as nnU-Net writes them), read without unpickling
+    arbitrary objects; the final checkpoint wins over the latest."""
+    logging = {"train_losses": [np.float64(0.5), np.float64(0.3), np.float64(0.2)],
+               "val_losses": [np.float64(0.4), np.float64(0.2), np.float64(0.1)],
+               "mean_fg_dice": [np.float64(0.2), np.float64(0.6), np.float64(0.7)], "ema_fg_dice": [0.2, 0.24, 0.3],
+               "dice_per_class_or_region": [[np.float64(0.1), np.float64(0.3)]] * 3, "lrs": [1e-3, 9e-4, 8e-4],
+               "epoch_start_timestamps": [0.0, 20.0, 30.0], "epoch_end_timestamps": [10.0, 24.0, 36.0],
+               "peak_memory_gib": [1.5, 2.0, 2.0]}
+    torch.save({"logging": logging, "_best_ema": np.float64(0.3), "current_epoch": 3,
+                "init_args": {"device": torch.device("cpu")}}, tmp_path / "checkpoint_final.pth")
+    torch.save({"logging": {**logging, "train_losses": [9.0]}}, tmp_path / "checkpoint_latest.pth")
+    curve = curve_from_checkpoint(tmp_path)
+    assert [e["epoch"] for e in curve] == [0, 1, 2]
+    assert curve[0] == {"epoch": 0, "seconds": 10.0, "train_loss": 0.5, "val_loss": 0.4, "pseudo_dice": 0.2,
+                        "lr": 1e-3, "peak_memory_gib": 1.5}
+    assert speed_from_curve(curve, 2) == {"step_seconds": 2.5, "peak_memory_gib": 2.0}  # median(4, 6) / 2
+    assert speed_from_curve([], 2) == {"step_seconds": None, "peak_memory_gib": None}
+    assert curve_from_checkpoint(tmp_path / "absent") == []
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("unpickled",))
+
+    torch.save({"logging": logging, "x": Payload()}, tmp_path / "checkpoint_final.pth")
+    with pytest.raises(InputError, match="checkpoint_final.pth is not a readable checkpoint"):
+        curve_from_checkpoint(tmp_path)
 
 
-def test_markdown_report_has_a_row_per_arm_and_budget() -> None:
-    run = lambda d: {"label": "L", "dice": {"RV": d, "LV": d, "mean": d}, "hd95": {"RV": 5.0, "LV": 7.0, "mean": 6.0},
-                     "wall_seconds": 600}
+def test_bootstrap_interval_against_hand_computed_cases() -> None:
+    # two values 0 and 1: resampled means are 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4 -> 95 % interval [0, 1]
+    assert bootstrap_ci([0.0, 1.0]) == (0.5, 0.0, 1.0)
+    assert bootstrap_ci([0.2] * 7) == pytest.approx((0.2, 0.2, 0.2))
+    mean, low, high = bootstrap_ci([0.1, float("nan"), 0.3])  # NaN pairs are dropped
+    assert (mean, low, high) == pytest.approx((0.2, 0.1, 0.3))
+    # many values: the interval approaches mean +- 1.96 standard errors
+    values = np.random.default_rng(1).normal(0.05, 0.1, 400)
+    mean, low, high = bootstrap_ci(values)
+    se = values.std(ddof=1) / np.sqrt(values.size)
+    assert low == pytest.approx(mean - 1.96 * se, abs=0.2 * se) and high == pytest.approx(mean + 1.96 * se, abs=0.2 * se)
+    assert np.isnan(bootstrap_ci([float("nan")])[0])
+
+
+def _run(dice: dict[str, list[float]], iterations: int = 100) -> dict:
+    """A finished run with per-case Dice ``{structure: [case values]}``."""
+    cases = len(next(iter(dice.values())))
+    per_case = {f"case{i}": {s: {"Dice": v[i], "HD95": 1.0} for s, v in dice.items()} for i in range(cases)}
+    means = {s: float(np.mean(v)) for s, v in dice.items()}
+    return {"status": "done", "label": "L", "dice": {**means, "mean": float(np.mean(list(means.values())))},
+            "hd95": {s: 1.0 for s in [*dice, "mean"]}, "per_case": per_case, "iterations": iterations,
+            "wall_seconds": 600}
+
+
+def test_summary_over_seeds_pairs_cases_with_stock() -> None:
+    runs = {"3": {"stock": {"0": _run({"RV": [0.2, 0.4], "LV": [0.6, 0.6]}), "1": _run({"RV": [0.4, 0.4], "LV": [0.8, 0.8]})},
+                  "xlstm": {"0": _run({"RV": [0.3, 0.5], "LV": [0.7, 0.7]}, 60),
+                            "1": _run({"RV": [0.5, 0.5], "LV": [0.9, 0.9]}, 70),
+                            "2": {"status": "failed: boom"}}}}
+    summary = summarise(runs, ["RV", "LV"])["3"]
+    stock, xlstm = summary["stock"], summary["xlstm"]
+    assert stock["seeds"] == ["0", "1"] and "vs_stock" not in stock
+    assert stock["dice"]["RV"] == pytest.approx({"mean": 0.35, "sd": float(np.std([0.3, 0.4], ddof=1))})
+    assert xlstm["seeds"] == ["0", "1"] and xlstm["iterations"] == [60, 70]
+    # every (case, seed) pair is 0.1 better -> the interval collapses on +0.1
+    delta = xlstm["vs_stock"]["mean"]
+    assert delta.pop("seeds") == ["0", "1"]
+    assert delta == pytest.approx({"mean": 0.1, "low": 0.1, "high": 0.1, "pairs": 4})
+    one_seed = summarise({"3": {"stock": {"0": _run({"RV": [0.5]})}}}, ["RV"])["3"]["stock"]
+    assert one_seed["dice"]["RV"]["sd"] is None
+
+
+def test_markdown_report_has_mean_sd_interval_and_failures() -> None:
+    runs = {"3": {"stock": {"0": _run({"RV": [0.4, 0.6], "LV": [0.5, 0.5]}), "1": _run({"RV": [0.6, 0.6], "LV": [0.5, 0.5]})},
+                  "xlstm": {"0": _run({"RV": [0.6, 0.8], "LV": [0.5, 0.5]}), "1": {"label": "X", "status": "failed: boom"}}},
+            "7": {"stock": {"0": _run({"RV": [0.75], "LV": [0.75]})}}}
     result = {"dataset": "Dataset801_ACDC", "preset": {"name": "cpu", "purpose": "p", "changes": ["a", "b"]},
-              "machine": "m", "evaluated_on": "e", "structures": ["RV", "LV"],
-              "runs": {"3": {"stock": run(0.5), "xlstm": {"label": "X", "status": "failed: boom"}}, "7": {"stock": run(0.75)}},
+              "machine": "m", "evaluated_on": "e", "structures": ["RV", "LV"], "seeds": [0, 1], "runs": runs,
+              "summary": summarise(runs, ["RV", "LV"]),
               "speed": {"stock": {"label": "L", "parameters": 2_500_000, "step_seconds": 2.25, "peak_memory_gib": None,
                                   "predict_seconds_per_volume": 3.0}}}
     text = markdown_report(result)
     assert "## 3 labelled patients" in text and "## 7 labelled patients" in text
-    assert "| L | 0.500 | 0.500 | **0.500** | 6.0 | 10.0 min |" in text and "| X | — | — | failed: boom |" in text
+    assert "| L | 0.550 ± 0.071 | 0.500 ± 0.000 | **0.525 ± 0.035** |  | 100 | 10.0 min |" in text
+    assert "**0.600** | +0.100 [+0.100, +0.100] | 100 |" in text  # xlstm: one finished seed, paired with stock's
+    assert "- L, seed 1: failed: boom" in text
     assert "| L | 2.50 M | 2.25 s | — | 3.0 s |" in text and "Changes from nnU-Net's defaults: a; b." in text
     del result["speed"]  # a benchmark still running: its tables so far, no speed yet
-    partial = markdown_report(result)
-    assert "## Speed" not in partial and "| L | 0.500 | 0.500 | **0.500** | 6.0 | 10.0 min |" in partial
+    assert "## Speed" not in markdown_report(result)
+
+
+def test_seeds_and_minutes_are_checked_and_kept_apart(tmp_path: Path) -> None:
+    assert check_seeds([0, 1, 2]) == [0, 1, 2]
+    for bad in ([1, 1], [-1], []):
+        with pytest.raises(InputError, match="distinct integers >= 0"):
+            check_seeds(bad)
+    for bad in (0, -5):
+        with pytest.raises(InputError, match="a training time > 0"):
+            check_minutes(bad)
+    cpu, long = PRESETS["cpu"], PRESETS["cpu-long"]
+    assert long.minutes == 20 and cpu.minutes is None
+    assert results_folder(tmp_path, 0, None, cpu) == tmp_path and results_folder(tmp_path, 0, 20, long) == tmp_path
+    folders = {results_folder(tmp_path, s, m, cpu) for s in (0, 1) for m in (None, 5.0)}
+    assert len(folders) == 4 and results_folder(tmp_path, 1, 5.0, cpu).name == "benchmark_seed1_5min"
 
 
 @pytest.mark.slow
@@ -164,12 +236,15 @@ def test_benchmark_command_on_phantoms(tmp_path: Path, nnunet_env: dict[str, str
     assert set(budgets["1"]) < set(budgets["2"]) and not set(budgets["2"]) & set(result["val_patients"])
     structures = [k for k in json.loads((dataset / "dataset.json").read_text())["labels"] if k != "background"]
     for budget, runs in result["runs"].items():
-        assert list(runs) == list(ARMS)
-        for arm, run in runs.items():
+        assert list(runs) == list(DEFAULT_ARMS)
+        for arm, seeds in runs.items():
+            run = seeds["0"]
             assert run["status"] == "done", (budget, arm, run.get("status"))
             assert set(run["dice"]) == {*structures, "mean"} and all(0 <= v <= 1 for v in run["dice"].values())
             assert set(run["test"]["dice"]) == {*structures, "mean"}  # the phantoms' imagesTs/labelsTs
             assert [e["epoch"] for e in run["curve"]] == [0, 1] and run["wall_seconds"] > 0
+            assert run["iterations"] == 8 and all(e["peak_memory_gib"] > 0 for e in run["curve"])
+    assert set(result["summary"]["1"]["xlstm"]["vs_stock"]["mean"]) == {"mean", "low", "high", "pairs", "seeds"}
     # one preprocessing; the arms' plans differ in the network only; the XLSTMUNet arms are shaped like the encoder
     pre = Path(nnunet_env["nnUNet_preprocessed"]) / dataset.name
     plans = {arm: json.loads((pre / f"{name}.json").read_text())["configurations"]["3d_fullres"]
@@ -182,14 +257,16 @@ def test_benchmark_command_on_phantoms(tmp_path: Path, nnunet_env: dict[str, str
         encoder_arch["nnssl_adaptation_plan"]["architecture_plans"]["arch_kwargs"]["features_per_stage"]
     results = Path(nnunet_env["nnUNet_results"]) / dataset.name
     logs = {arm: "".join(p.read_text() for p in (results / f"{run['trainer']}__{run['plans']}__3d_fullres" / "fold_0")
-                         .glob("training_log_*.txt")) for arm, run in result["runs"]["1"].items()}
+                         .glob("training_log_*.txt")) for arm, run in
+            ((a, seeds["0"]) for a, seeds in result["runs"]["1"].items())}
     assert all(("loaded pretrained encoder" in log) == (arm == "xlstm_pretrained") for arm, log in logs.items())
+    assert all("precision: " in log and "seed 0" in log for log in logs.values())
     speed = result["speed"]
     assert speed["xlstm"]["parameters"] > speed["xlstm_no_mlstm"]["parameters"] > 0
     assert all(s["step_seconds"] > 0 and s["peak_memory_gib"] > 0 and s["predict_seconds_per_volume"] > 0
                for s in speed.values())
     report = (out / "benchmark.md").read_text()
-    assert all(label in report for label in ARMS.values()) and "## 2 labelled patients" in report
+    assert all(ARMS[a] in report for a in DEFAULT_ARMS) and "## 2 labelled patients" in report
     for png in ("dice.png", "curves.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG" and (out / png).stat().st_size > 10_000
     # a second call finds every run done: nothing is retrained, the numbers stay
@@ -204,10 +281,23 @@ def test_benchmark_command_on_phantoms(tmp_path: Path, nnunet_env: dict[str, str
     assert json.loads((tmp_path / "other" / "benchmark.json").read_text())["plans"] == result["plans"]
     other = subprocess.run(command[:4] + ["full"] + command[5:], env=nnunet_env, capture_output=True, text=True)
     assert other.returncode != 0 and "choose another --output" in other.stderr
+    # another seed with a training-time budget: its own run folders; the budget ends training after the first epoch
+    timed = subprocess.run(command[:-4] + ["--output", str(tmp_path / "timed"), "--arms", "stock", "xlstm", "--seeds",
+                                           "1", "--minutes", "0.001", "--device", "cpu"], env=nnunet_env,
+                           capture_output=True, text=True)
+    assert timed.returncode == 0, timed.stdout[-3000:] + timed.stderr[-3000:]
+    timed_result = json.loads((tmp_path / "timed" / "benchmark.json").read_text())
+    assert timed_result["minutes"] == 0.001 and timed_result["seeds"] == [1]
+    assert {r["1"]["iterations"] for b in timed_result["runs"].values() for r in b.values()} == {4}
+    assert (results / ".." / "benchmark_seed1_0.001min" / dataset.name).resolve().is_dir()
+    bad = subprocess.run(command[:-4] + ["--output", str(tmp_path / "bad"), "--seeds", "1", "1"], env=nnunet_env,
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "distinct integers" in bad.stderr and not (tmp_path / "bad").exists()
     # the full preset plans the stock arms with nnU-Net's own planners
     full = subprocess.run(command[:4] + ["full"] + command[5:-4] + ["--output", str(tmp_path / "full"), "--plan_only"],
                           env=nnunet_env, capture_output=True, text=True)
     assert full.returncode == 0, full.stderr[-3000:]
     assert json.loads((tmp_path / "full" / "benchmark.json").read_text())["plans"] == {
         "stock": "nnUNetPlans", "resenc_m": "nnUNetResEncUNetMPlans", "xlstm": "nnUNetPlansXLSTMEncoder",
-        "xlstm_no_mlstm": "nnUNetPlansXLSTMEncoder_no_mlstm", "xlstm_pretrained": "nnUNetPlansXLSTMEncoder"}
+        "xlstm_no_mlstm": "nnUNetPlansXLSTMEncoder_no_mlstm", "xlstm_pretrained": "nnUNetPlansXLSTMEncoder",
+        "xlstm_semi": "nnUNetPlansXLSTMEncoder", "xlstm_pretrained_semi": "nnUNetPlansXLSTMEncoder"}

@@ -69,7 +69,13 @@ def test_mmwhs_bad_input(tmp_path: Path, mmwhs: Path, monkeypatch: pytest.Monkey
         convert_mmwhs(mmwhs, tmp_path / "raw", 810, "CT", progress=False)
     assert not list((tmp_path / "raw").iterdir())  # nothing half-written
     write(bad, np.zeros((6, 8, 9), np.int16))
-    with pytest.raises(InputError, match="does not match its image"):
+    with pytest.raises(InputError, match="label.nii.gz does not match .*image.nii.gz: size"):
+        convert_mmwhs(mmwhs, tmp_path / "raw", 810, "CT", progress=False)
+    shifted = sitk.GetImageFromArray(np.zeros((6, 8, 8), np.int16))
+    shifted.SetSpacing((1.0, 1.0, 2.0))
+    shifted.SetOrigin((0.0, 0.0, 40.0))  # the same size and spacing, moved by 40 mm: named by its field
+    sitk.WriteImage(shifted, str(bad))
+    with pytest.raises(InputError, match="does not match .*: origin"):
         convert_mmwhs(mmwhs, tmp_path / "raw", 810, "CT", progress=False)
     monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
     (tmp_path / "empty").mkdir()
@@ -106,7 +112,7 @@ def test_acdc_original_layout(tmp_path: Path, acdc: Path, monkeypatch: pytest.Mo
                                                                     "patient101_frame12_0000.nii.gz"]
     label = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "labelsTr" / "patient002_frame12.nii.gz")))
     assert set(np.unique(label)) == {0, 3}
-    with pytest.raises(InputError, match="already exists"):
+    with pytest.raises(InputError, match="is already used by"):
         convert_acdc(acdc, tmp_path / "raw", 811, progress=False)
     with pytest.raises(InputError, match="point the command at ACDC's 'database' folder"):
         convert_acdc(tmp_path, tmp_path / "raw", 812, progress=False)

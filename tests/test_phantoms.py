@@ -81,5 +81,5 @@ def test_bad_modality_and_existing_target(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="unknown modality"):
         write_phantom_dataset(tmp_path, 1, 1, 0, ("PET",), SMALL, progress=False)
     write_phantom_dataset(tmp_path, 2, 1, 0, geometry=SMALL, progress=False)
-    with pytest.raises(InputError, match="already exists"):
+    with pytest.raises(InputError, match="is already used by"):
         write_phantom_dataset(tmp_path, 2, 1, 0, geometry=SMALL, progress=False)

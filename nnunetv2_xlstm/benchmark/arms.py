@@ -9,7 +9,12 @@ every arm's plans from that, so the arms share data, spacing, patch and batch an
 ``xlstm``              ``XLSTMUNet``, shaped like the pretrained encoder when one is given; from scratch
 ``xlstm_pretrained``   the same plans, starting from the pretrained encoder
 ``xlstm_no_mlstm``     the ``xlstm`` network with its mLSTM blocks removed (``mlstm_stages=[]``): the ablation
+``xlstm_semi``         the ``xlstm`` plans, trained semi-supervised on the fold's unlabelled patients too
+``xlstm_pretrained_``  the same from the pretrained encoder
+``semi``
 =====================  =====================================================================================
+
+The semi-supervised arms run only when named in ``--arms`` (:data:`DEFAULT_ARMS` are the others).
 
 The ``full`` preset plans the stock arms with nnU-Net's own planners (``nnUNetPlans``, ``nnUNetResEncUNetMPlans``).
 """
@@ -28,7 +33,11 @@ from nnunetv2_xlstm.planning.plan_and_preprocess import plan_and_preprocess
 from nnunetv2_xlstm.planning.planner import XLSTMUNetPlanner, attach_encoder
 
 ARMS = {"stock": "nnU-Net (PlainConvUNet)", "resenc_m": "ResEnc-M", "xlstm": "XLSTMUNet, scratch",
-        "xlstm_pretrained": "XLSTMUNet, pretrained", "xlstm_no_mlstm": "XLSTMUNet without mLSTM"}
+        "xlstm_pretrained": "XLSTMUNet, pretrained", "xlstm_no_mlstm": "XLSTMUNet without mLSTM",
+        "xlstm_semi": "XLSTMUNet, semi-supervised", "xlstm_pretrained_semi": "XLSTMUNet, pretrained, semi-supervised"}
+DEFAULT_ARMS = ("stock", "resenc_m", "xlstm", "xlstm_pretrained", "xlstm_no_mlstm")
+DERIVED = ("stock", "resenc_m", "xlstm", "xlstm_no_mlstm")  # arms with plans of their own; the others use xlstm's
+PRETRAINED = ("xlstm_pretrained", "xlstm_pretrained_semi")  # arms that need an encoder
 CONFIG = "3d_fullres"
 PLAIN_CONV_UNET = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
 RESIDUAL_ENCODER_UNET = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
@@ -107,9 +116,13 @@ def plan_arms(dataset_id: int, preset: Preset, encoder: Path | None) -> tuple[di
             if arm == "xlstm" and encoder is not None:
                 warnings += attach_encoder(plans, encoder, load_exported_encoder(encoder)[1], folder)
             names[arm] = _save(folder, plans)
-    if encoder is not None:
-        names["xlstm_pretrained"] = names["xlstm"]
-    return names, warnings
+    return _with_aliases(names, encoder), warnings
+
+
+def _with_aliases(names: dict[str, str], encoder: Path | None) -> dict[str, str]:
+    """The arms that train on the ``xlstm`` plans (the pretrained ones only with an encoder)."""
+    aliases = [a for a in ARMS if a not in DERIVED and (encoder is not None or a not in PRETRAINED)]
+    return {**names, **{a: names["xlstm"] for a in aliases}}
 
 
 def planned_arms(dataset_id: int, preset: Preset, encoder: Path | None) -> dict[str, str] | None:
@@ -118,14 +131,14 @@ def planned_arms(dataset_id: int, preset: Preset, encoder: Path | None) -> dict[
     if preset.stock_recipe:
         return None
     folder = _preprocessed_folder(dataset_id)
-    names = {arm: bench_plans_name(preset, arm) for arm in ARMS if arm != "xlstm_pretrained"}
+    names = {arm: bench_plans_name(preset, arm) for arm in DERIVED}
     if not all((folder / f"{n}.json").is_file() for n in names.values()) or \
             not (folder / f"{bench_plans_name(preset)}_{CONFIG}").is_dir():
         return None
     recorded = json.loads((folder / f"{names['xlstm']}.json").read_text()).get("pretrained_encoder")
     if (recorded or {}).get("sha256") != (file_sha256(encoder) if encoder is not None else None):
         return None
-    return {**names, **({"xlstm_pretrained": names["xlstm"]} if encoder is not None else {})}
+    return _with_aliases(names, encoder)
 
 
 def _preprocessed_folder(dataset_id: int) -> Path:

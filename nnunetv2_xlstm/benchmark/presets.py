@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nnunetv2_xlstm.env import InputError
-from nnunetv2_xlstm.training.trainers import CPU, GPU15MIN, SMOKE, Schedule
+from nnunetv2_xlstm.training.trainers import CPU, CPU_LONG, GPU15MIN, SMOKE, Schedule
 
 
 @dataclass(frozen=True)
@@ -21,11 +21,18 @@ class Preset:
     batch_size: int | None = None  # None: nnU-Net's memory-driven batch
     stock_recipe: bool = False  # stock arms planned by nnU-Net's planners (own preprocessing), trained by nnUNetTrainer
 
+    @property
+    def minutes(self) -> float | None:
+        """Training time per run (the schedule's epochs become a cap); None: a run is its iterations."""
+        return None if self.schedule is None else self.schedule.minutes
+
     def trainer(self, arm: str) -> str:
         """The trainer of ``arm``: all arms of a reduced preset share one recipe; only the pretrained one loads."""
         suffix = f"_{self.name.replace('-', '')}" if self.schedule is not None else ""
-        if arm == "xlstm_pretrained":
-            return "nnUNetTrainerXLSTMPretrained" + suffix
+        semi = {"xlstm_pretrained": "nnUNetTrainerXLSTMPretrained", "xlstm_semi": "nnUNetTrainerXLSTMSemi",
+                "xlstm_pretrained_semi": "nnUNetTrainerXLSTMPretrainedSemi"}
+        if arm in semi:
+            return semi[arm] + suffix
         if self.stock_recipe:
             return "nnUNetTrainer" if arm in ("stock", "resenc_m") else "nnUNetTrainerXLSTMScratch"
         return "nnUNetTrainerBenchmark" + suffix
@@ -35,8 +42,11 @@ class Preset:
         out = []
         if self.schedule is not None:
             s = self.schedule
-            out.append(f"{s.epochs} epochs x {s.iterations} iterations (nnU-Net: 1000 x 250), {s.optimizer} lr {s.lr}, "
-                       f"lr warm-up over 10 % of epochs with the encoder frozen, for every arm")
+            length = (f"{self.minutes:g} minutes of training per run (at most {s.epochs} epochs) x {s.iterations} "
+                      f"iterations, warm-up and poly decay over the time" if self.minutes else
+                      f"{s.epochs} epochs x {s.iterations} iterations")
+            out.append(f"{length} (nnU-Net: 1000 x 250), {s.optimizer} lr {s.lr}, lr warm-up over 10 % of the "
+                       f"training with the encoder frozen, for every arm")
             if not s.mirror_tta:
                 out.append("no test-time mirroring")
         if self.spacing_factor != 1:
@@ -57,6 +67,9 @@ PRESETS = {p.name: p for p in (
            batch_size=2),
     Preset("cpu", "a 2-core CPU: about 10 min per arm at ACDC's size", CPU, spacing_factor=2.0, base_features=16,
            max_features=256, batch_size=2),
+    Preset("cpu-long", "a 2-core CPU: 20 minutes of training per arm at ACDC's size, long enough for every "
+           "structure; for seeds and error bars", CPU_LONG, spacing_factor=2.0, base_features=16, max_features=256,
+           batch_size=2),
     Preset("gpu-15min", "one or two arms per 15-minute GPU session", GPU15MIN),
     Preset("full", "nnU-Net's defaults (1000 epochs), for users with GPUs", None, stock_recipe=True),
 )}

@@ -1,46 +1,41 @@
-"""What a benchmark run measured: learning curves and speed from nnU-Net's training logs, and the JSON, Markdown
-and PNG outputs."""
+"""What a benchmark measured: learning curves and speed from nnU-Net's checkpoint logging, the summary over seeds
+with paired bootstrap intervals, and the Markdown and PNG outputs."""
 
 from __future__ import annotations
 
-import re
 import statistics
 from pathlib import Path
 
 import numpy as np
 
 from nnunetv2_xlstm.atomic import atomic_write
+from nnunetv2_xlstm.checkpoints import load_nnunet_checkpoint
 
-_LINE = re.compile(r"^\S+ \S+: (Epoch (?P<epoch>\d+)|train_loss (?P<train_loss>\S+)|val_loss (?P<val_loss>\S+)|"
-                   r"Pseudo dice \[(?P<dice>[^\]]*)\]|Epoch time: (?P<time>\S+) s|Peak memory: (?P<mem>\S+) GiB.*?)\s*$")
-
-
-def parse_training_log(folder: Path) -> list[dict]:
-    """One dict per epoch (``epoch``, ``train_loss``, ``val_loss``, ``pseudo_dice`` (mean over classes),
-    ``seconds``, ``peak_memory_gib`` where logged) from every ``training_log_*.txt`` in ``folder``, in order; a
-    resumed run's repeated epochs keep their last values."""
-    epochs: dict[int, dict] = {}
-    current = None
-    for log in sorted(Path(folder).glob("training_log_*.txt")):
-        for line in log.read_text(errors="replace").splitlines():
-            match = _LINE.match(line)
-            if match is None:
-                continue
-            g = match.groupdict()
-            if g["epoch"] is not None:
-                current = epochs.setdefault(int(g["epoch"]), {"epoch": int(g["epoch"])})
-            elif current is not None:
-                if g["dice"] is not None:
-                    values = [float(v) for v in re.findall(r"[-+]?\d*\.?\d+(?:e[-+]?\d+)?", re.sub(
-                        r"np\.float\d+\(", "", g["dice"]))]
-                    current["pseudo_dice"] = float(np.mean(values)) if values else float("nan")
-                else:
-                    key, value = next((k, v) for k, v in g.items() if v is not None and k != "epoch")
-                    current[{"time": "seconds", "mem": "peak_memory_gib"}.get(key, key)] = float(value)
-    return [epochs[k] for k in sorted(epochs)]
+STOCK = "stock"  # the arm every other arm's paired difference refers to
 
 
-def speed_from_log(epochs: list[dict], iterations: int) -> dict:
+def curve_from_checkpoint(folder: Path) -> list[dict]:
+    """One dict per finished epoch (``epoch``, ``train_loss``, ``val_loss``, ``pseudo_dice`` (mean over classes),
+    ``lr``, ``seconds``, and ``peak_memory_gib`` where our trainers logged it) from nnU-Net's checkpoint logging:
+    ``checkpoint_final.pth``, else ``checkpoint_latest.pth``; read with ``weights_only=True``. Empty if neither
+    exists."""
+    folder = Path(folder)
+    path = next((folder / n for n in ("checkpoint_final.pth", "checkpoint_latest.pth") if (folder / n).is_file()), None)
+    if path is None:
+        return []
+    log = load_nnunet_checkpoint(path)["logging"]
+    columns = {"train_loss": "train_losses", "val_loss": "val_losses", "pseudo_dice": "mean_fg_dice", "lr": "lrs",
+               "peak_memory_gib": "peak_memory_gib"}
+    epochs = min(len(log["train_losses"]), len(log["epoch_end_timestamps"]))
+    curve = []
+    for e in range(epochs):
+        row = {"epoch": e, "seconds": float(log["epoch_end_timestamps"][e] - log["epoch_start_timestamps"][e])}
+        row.update({k: float(log[v][e]) for k, v in columns.items() if len(log.get(v, [])) > e})
+        curve.append(row)
+    return curve
+
+
+def speed_from_curve(epochs: list[dict], iterations: int) -> dict:
     """Median seconds per training iteration (an epoch's wall time, validation batches and data loading included,
     over its training iterations; the first epoch is skipped when there are others) and the peak memory."""
     times = [e["seconds"] for e in epochs if "seconds" in e]
@@ -50,26 +45,99 @@ def speed_from_log(epochs: list[dict], iterations: int) -> dict:
             "peak_memory_gib": max(memory) if memory else None}
 
 
+def bootstrap_ci(values: np.ndarray | list[float], resamples: int = 10_000, level: float = 0.95,
+                 seed: int = 0) -> tuple[float, float, float]:
+    """``(mean, low, high)``: the mean of ``values`` and its percentile bootstrap interval (resampling the values
+    with replacement, ``resamples`` times, seeded). NaN values are dropped; all NaN if none is left."""
+    values = np.asarray(values, dtype=float)
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, values.size, (resamples, values.size))].mean(axis=1)
+    tail = 100 * (1 - level) / 2
+    return float(values.mean()), float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+
+
+def _case_dice(run: dict, structures: list[str]) -> dict[str, dict[str, float]]:
+    """``{case: {structure: Dice, "mean": mean over structures}}`` of a finished run."""
+    out = {}
+    for case, scores in run["per_case"].items():
+        row = {s: float(scores[s]["Dice"]) for s in structures}
+        values = [v for v in row.values() if not np.isnan(v)]
+        out[case] = {**row, "mean": float(np.mean(values)) if values else float("nan")}
+    return out
+
+
+def summarise(runs: dict[str, dict[str, dict[str, dict]]], structures: list[str]) -> dict:
+    """Per budget and arm, over its finished seeds: Dice mean ± sd per structure (the sd over seeds of each seed's
+    mean over cases; None with one seed), the iterations reached, and the paired difference to the stock arm
+    (per case and seed, on the seeds both finished) with its 95 % bootstrap interval."""
+    names = [*structures, "mean"]
+    out: dict = {}
+    for budget, arms in runs.items():
+        done = {arm: {seed: r for seed, r in seeds.items() if r.get("status") == "done"} for arm, seeds in arms.items()}
+        for arm, seeds in done.items():
+            if not seeds:
+                continue
+            per_seed = np.array([[r["dice"][s] for s in names] for r in seeds.values()])
+            entry = {"seeds": sorted(seeds, key=int),
+                     "dice": {s: {"mean": float(per_seed[:, i].mean()),
+                                  "sd": float(per_seed[:, i].std(ddof=1)) if len(seeds) > 1 else None}
+                              for i, s in enumerate(names)},
+                     "iterations": [r.get("iterations") for r in seeds.values()],
+                     "wall_minutes": float(np.mean([r.get("wall_seconds", 0) / 60 for r in seeds.values()]))}
+            common = sorted(set(seeds) & set(done.get(STOCK, {})), key=int)
+            if arm != STOCK and common:
+                diffs = {s: [] for s in names}
+                for seed in common:
+                    mine, theirs = _case_dice(seeds[seed], structures), _case_dice(done[STOCK][seed], structures)
+                    for case in sorted(set(mine) & set(theirs)):
+                        for s in names:
+                            diffs[s].append(mine[case][s] - theirs[case][s])
+                entry["vs_stock"] = {s: dict(zip(("mean", "low", "high"), bootstrap_ci(d)), pairs=len(d),
+                                             seeds=common) for s, d in diffs.items()}
+            out.setdefault(budget, {})[arm] = entry
+    return out
+
+
+def _pm(entry: dict) -> str:
+    return f"{entry['mean']:.3f}" + (f" ± {entry['sd']:.3f}" if entry.get("sd") is not None else "")
+
+
 def markdown_report(result: dict) -> str:
-    """Tables: Dice per structure and arm for every budget, then the speed of every arm."""
+    """Tables per budget: Dice mean ± sd per structure and arm, the paired difference to stock nnU-Net with its
+    95 % bootstrap interval, iterations reached and wall time; failed runs listed; then the speed of every arm."""
     lines = [f"# Benchmark: {result['dataset']}, preset `{result['preset']['name']}`", "",
              f"Preset: {result['preset']['purpose']}. Changes from nnU-Net's defaults: "
              + "; ".join(result["preset"]["changes"]) + ".", "",
-             f"Machine: {result['machine']}. Evaluated on: {result['evaluated_on']}. HD95 is averaged over the "
-             f"cases where both prediction and reference contain the structure; Dice over all.", ""]
+             f"Machine: {result['machine']}. Evaluated on: {result['evaluated_on']}. Seeds: "
+             f"{', '.join(map(str, result.get('seeds', [0])))}. Dice: mean ± sd over seeds of each seed's mean over "
+             f"cases. Δ stock: the mean paired difference to stock nnU-Net over cases × seeds, [95 % bootstrap "
+             f"interval]. HD95 is averaged over the cases where both prediction and reference contain the structure.",
+             ""]
     structures = result["structures"]
+    summary = result.get("summary", {})
     for budget, arms in result["runs"].items():
         lines += [f"## {budget} labelled patients", "",
-                  "| arm | " + " | ".join(structures) + " | mean Dice | mean HD95 (mm) | wall time |",
-                  "| --- |" + " --- |" * (len(structures) + 3)]
-        for arm, run in arms.items():
-            if "dice" not in run:
-                lines.append(f"| {run['label']} | " + " | ".join("—" for _ in structures) + f" | {run.get('status')} | | |")
+                  "| arm | " + " | ".join(structures) + " | mean Dice | Δ stock (mean Dice) | iterations | "
+                  "wall time |", "| --- |" + " --- |" * (len(structures) + 4)]
+        failed = []
+        for arm, seeds in arms.items():
+            label = next((r["label"] for r in seeds.values() if "label" in r), arm)
+            failed += [f"{label}, seed {seed}: {r['status']}" for seed, r in seeds.items()
+                       if r.get("status") not in ("done", None)]
+            entry = summary.get(budget, {}).get(arm)
+            if entry is None:
+                lines.append(f"| {label} | " + " | ".join("—" for _ in structures) + " | — | | | |")
                 continue
-            lines.append(f"| {run['label']} | " + " | ".join(f"{run['dice'][s]:.3f}" for s in structures)
-                         + f" | **{run['dice']['mean']:.3f}** | {run['hd95']['mean']:.1f} | "
-                         f"{run['wall_seconds'] / 60:.1f} min |")
-        lines.append("")
+            d = entry.get("vs_stock", {}).get("mean")
+            delta = "" if d is None else f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+            its = sorted({i for i in entry["iterations"] if i is not None})
+            its = "–".join(str(i) for i in dict.fromkeys(its[:1] + its[-1:]))  # the range over seeds
+            lines.append(f"| {label} | " + " | ".join(_pm(entry["dice"][s]) for s in structures)
+                         + f" | **{_pm(entry['dice']['mean'])}** | {delta} | {its} | {entry['wall_minutes']:.1f} min |")
+        lines += [""] + [f"- {f}" for f in failed] + ([""] if failed else [])
     if "speed" not in result:  # a run in progress: the speed table comes at the end
         return "\n".join(lines)
     lines += ["## Speed", "", "| arm | parameters | training step | peak memory | prediction per volume |",
@@ -87,47 +155,62 @@ def markdown_report(result: dict) -> str:
 
 
 def plot_dice(result: dict, out: Path) -> None:
-    """Grouped bars: one panel per budget, structures on the x axis, one bar per arm."""
+    """Two rows of panels, one column per budget: Dice per structure and arm (bars: mean over seeds, error bars:
+    sd over seeds), and each arm's paired difference to stock nnU-Net (points, error bars: 95 % bootstrap
+    interval)."""
     plt = _pyplot()
-    budgets = list(result["runs"])
+    summary = result.get("summary", {})
+    budgets = list(summary) or list(result["runs"])
     structures = [*result["structures"], "mean"]
-    fig, axes = plt.subplots(1, len(budgets), figsize=(2.5 + 0.8 * len(structures) * len(budgets), 3.6),
-                             squeeze=False, sharey=True)
-    for ax, budget in zip(axes[0], budgets):
-        arms = [(a, r) for a, r in result["runs"][budget].items() if "dice" in r]
+    fig, axes = plt.subplots(2, len(budgets), figsize=(2.5 + 0.9 * len(structures) * len(budgets), 6.4),
+                             squeeze=False, sharey="row")
+    for col, budget in enumerate(budgets):
+        arms = list(summary.get(budget, {}).items())
         width = 0.8 / max(len(arms), 1)
-        for i, (arm, run) in enumerate(arms):
-            ax.bar(np.arange(len(structures)) + i * width, [run["dice"][s] for s in structures], width,
-                   label=run["label"])
-        ax.set_xticks(np.arange(len(structures)) + 0.4 - width / 2, structures)
-        ax.set_title(f"{budget} labelled patients")
-        ax.set_ylim(0, 1)
-        ax.grid(axis="y", alpha=0.3)
-    axes[0][0].set_ylabel("Dice (held out)")
+        x = np.arange(len(structures))
+        for i, (arm, entry) in enumerate(arms):
+            label = next(iter(result["runs"][budget][arm].values())).get("label", arm)
+            sd = [entry["dice"][s]["sd"] or 0 for s in structures]
+            axes[0][col].bar(x + i * width, [entry["dice"][s]["mean"] for s in structures], width, yerr=sd,
+                             capsize=2, label=label, color=f"C{i}")
+            if "vs_stock" in entry:
+                d = [entry["vs_stock"][s] for s in structures]
+                mean = np.array([v["mean"] for v in d])
+                err = np.array([[m - v["low"] for m, v in zip(mean, d)], [v["high"] - m for m, v in zip(mean, d)]])
+                axes[1][col].errorbar(x + i * width, mean, yerr=err, fmt="o", capsize=3, color=f"C{i}", label=label)
+        for ax in axes[:, col]:
+            ax.set_xticks(x + 0.4 - width / 2, structures)
+            ax.grid(axis="y", alpha=0.3)
+        axes[0][col].set_title(f"{budget} labelled patients")
+        axes[0][col].set_ylim(0, 1)
+        axes[1][col].axhline(0, color="k", lw=0.8)
+    axes[0][0].set_ylabel("Dice (held out), mean ± sd over seeds")
+    axes[1][0].set_ylabel("Δ Dice vs stock nnU-Net\n(95 % bootstrap CI)")
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     _save(fig, out)
 
 
 def plot_curves(result: dict, out: Path) -> None:
-    """Learning curves side by side: pseudo Dice (nnU-Net's validation batches) and training loss per epoch."""
+    """Learning curves side by side, every seed a line: pseudo Dice (nnU-Net's validation batches) and training
+    loss against training iterations."""
     plt = _pyplot()
-    from matplotlib.ticker import MaxNLocator
 
     budgets = list(result["runs"])
     fig, axes = plt.subplots(2, len(budgets), figsize=(5 * len(budgets) + 1.5, 6), squeeze=False, sharex="col")
     for col, budget in enumerate(budgets):
-        for arm, run in result["runs"][budget].items():
-            curve = run.get("curve") or []
-            x = [e["epoch"] for e in curve]
-            axes[0][col].plot(x, [e.get("pseudo_dice", np.nan) for e in curve], marker=".", label=run["label"])
-            axes[1][col].plot(x, [e.get("train_loss", np.nan) for e in curve], marker=".", label=run["label"])
+        for i, (arm, seeds) in enumerate(result["runs"][budget].items()):
+            for j, run in enumerate(seeds.values()):
+                curve = run.get("curve") or []
+                x = [(e["epoch"] + 1) * run.get("iterations_per_epoch", 1) for e in curve]
+                label = run.get("label", arm) if j == 0 else None
+                axes[0][col].plot(x, [e.get("pseudo_dice", np.nan) for e in curve], color=f"C{i}", label=label)
+                axes[1][col].plot(x, [e.get("train_loss", np.nan) for e in curve], color=f"C{i}", label=label)
         axes[0][col].set_title(f"{budget} labelled patients")
         axes[0][col].set_ylabel("pseudo Dice (validation batches)")
         axes[1][col].set_ylabel("training loss")
-        axes[1][col].set_xlabel("epoch")
+        axes[1][col].set_xlabel("training iterations")
         for ax in axes[:, col]:
             ax.grid(alpha=0.3)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     _save(fig, out)
 

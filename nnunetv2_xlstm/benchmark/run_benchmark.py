@@ -5,12 +5,17 @@
 
 Steps, each through nnU-Net's own commands or API: few-label splits (one fold per budget, development patients held
 out in every fold) -> planning and preprocessing for the preset (see ``nnunetv2_xlstm.benchmark.arms``) ->
-``nnUNetv2_train`` of every arm on every budget -> Dice and HD95 on the held-out development patients (nnU-Net's
-final validation, final checkpoint) and, if there is a test folder (``imagesTs`` + ``labelsTs``), on it via
+``nnUNetv2_train`` of every arm on every budget and seed -> Dice and HD95 on the held-out development patients
+(nnU-Net's final validation, final checkpoint) and, if there is a test folder (``imagesTs`` + ``labelsTs``), on it via
 ``nnUNetv2_predict`` -> ``benchmark.json`` (every number), ``benchmark.md``, ``dice.png`` and ``curves.png``.
 
+Seeds (``--seeds``) repeat every run on the same split; the report gives mean ± sd over seeds and each arm's paired
+difference to stock nnU-Net with a 95 % bootstrap interval over cases x seeds. ``--minutes`` (or a preset's own
+budget, e.g. ``cpu-long``) trains every arm for the same training time instead of the same iterations.
+
 Nothing is lost on a crash: the JSON is rewritten after every run, and a second call with the same arguments skips
-finished runs and continues interrupted ones from nnU-Net's latest checkpoint (``--c``).
+finished runs and continues interrupted ones from nnU-Net's latest checkpoint (``--c``, after checking that the
+checkpoint holds no arbitrary objects).
 """
 
 from __future__ import annotations
@@ -26,14 +31,39 @@ from pathlib import Path
 from tqdm import tqdm
 
 from nnunetv2_xlstm.atomic import atomic_write_text
-from nnunetv2_xlstm.benchmark.arms import ARMS, CONFIG, plan_arms, planned_arms
+from nnunetv2_xlstm.benchmark.arms import ARMS, CONFIG, DEFAULT_ARMS, PRETRAINED, plan_arms, planned_arms
 from nnunetv2_xlstm.benchmark.presets import PRESETS, Preset, get_preset
-from nnunetv2_xlstm.benchmark.report import markdown_report, parse_training_log, plot_curves, plot_dice, speed_from_log
+from nnunetv2_xlstm.benchmark.report import (curve_from_checkpoint, markdown_report, plot_curves, plot_dice,
+                                              speed_from_curve, summarise)
+from nnunetv2_xlstm.checkpoints import load_exported_encoder, load_nnunet_checkpoint
 from nnunetv2_xlstm.commands import run_command
 from nnunetv2_xlstm.datasets import check_dataset_json, find_raw_dataset
 from nnunetv2_xlstm.env import InputError, ext_trainer_value, require_env
 from nnunetv2_xlstm.evaluation import LabelSpec, evaluate_folder, parse_spec
 from nnunetv2_xlstm.splits import DEFAULT_GROUP_PATTERN, write_few_label_splits
+from nnunetv2_xlstm.training.trainers import MINUTES_ENV, SEED_ENV
+
+RESULT_FORMAT = 2  # runs[budget][arm][seed]
+
+
+def check_seeds(seeds: list[int]) -> list[int]:
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise InputError(f"--seeds {' '.join(map(str, seeds))}: give distinct integers >= 0, e.g. --seeds 0 1 2")
+    return list(seeds)
+
+
+def check_minutes(minutes: float | None) -> float | None:
+    if minutes is not None and not minutes > 0:
+        raise InputError(f"--minutes {minutes}: give a training time > 0 per run, e.g. --minutes 20")
+    return minutes
+
+
+def results_folder(results: Path, seed: int, minutes: float | None, preset: Preset) -> Path:
+    """Where nnU-Net keeps one seed's runs: ``nnUNet_results`` itself for seed 0 at the preset's own budget, else a
+    subfolder ``benchmark_seed<S>[_<M>min]``, so that seeds and time budgets never share a run folder."""
+    if seed == 0 and minutes == preset.minutes:
+        return results
+    return results / (f"benchmark_seed{seed}" + (f"_{minutes:g}min" if minutes != preset.minutes else ""))
 
 
 def run_benchmark(dataset_id: int, preset: Preset, output: Path, budgets: list[str] | None = None,
@@ -41,27 +71,36 @@ def run_benchmark(dataset_id: int, preset: Preset, output: Path, budgets: list[s
                   val_budget: str = "0.2", seed: int = 0, encoder: Path | None = None, arms: list[str] | None = None,
                   device: str = "cpu", group_pattern: str = DEFAULT_GROUP_PATTERN, overwrite_splits: bool = False,
                   test_folder: Path | None = None, test_spec: LabelSpec | None = None, timing_cases: int = 2,
-                  plan_only: bool = False) -> dict:
+                  plan_only: bool = False, seeds: list[int] = (0,), minutes: float | None = None) -> dict:
     """Run (or continue) the benchmark; return the result that ``output/benchmark.json`` holds.
 
     Budgets are patient counts or shares (nested seeded draws), or come from ``train_patients`` (one fixed list per
     budget). ``test_folder`` (default: the raw data set's, if it has ``imagesTs`` and ``labelsTs``) is scored with
     ``test_spec`` (default: the data set's labels). ``plan_only``: stop after splits and plans (then several
-    processes, e.g. one per GPU, can train their ``arms`` on them). Needs the ``nnUNet_*`` variables.
+    processes, e.g. one per GPU, can train their ``arms`` on them). ``seeds`` repeat every run; ``minutes`` (default:
+    the preset's) is each run's training-time budget. Needs the ``nnUNet_*`` variables. Every input is checked
+    before anything is written.
     """
     require_env("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+    seeds, minutes = check_seeds(list(seeds)), check_minutes(preset.minutes if minutes is None else minutes)
+    output = Path(output).resolve()
+    if output.exists() and not output.is_dir():
+        raise InputError(f"--output {output} is a file; give a folder")
+    if encoder is not None:
+        load_exported_encoder(encoder)  # refuses a missing, foreign or malformed export now, not after planning
+    if test_folder is not None and not ((test_folder / "imagesTs").is_dir() and (test_folder / "labelsTs").is_dir()):
+        raise InputError(f"--test_folder {test_folder} needs imagesTs/ and labelsTs/ folders")
     raw = find_raw_dataset(dataset_id)
     dataset_json = check_dataset_json(raw)
-    arms = list(arms or ARMS)
+    arms = list(arms or DEFAULT_ARMS)
     unknown = sorted(set(arms) - set(ARMS))
     if unknown:
         raise InputError(f"unknown arm(s) {unknown}; choose from {', '.join(ARMS)}")
-    if encoder is None and "xlstm_pretrained" in arms:
-        arms.remove("xlstm_pretrained")
-        print("no --pretrained_encoder: the xlstm_pretrained arm is left out")
+    if encoder is None and set(arms) & set(PRETRAINED):
+        print(f"no --pretrained_encoder: {', '.join(a for a in arms if a in PRETRAINED)} left out")
+        arms = [a for a in arms if a not in PRETRAINED]
     if train_patients is None and not budgets:
         raise InputError("give --budgets (patient counts or shares) or one --train_patients list per budget")
-    output = Path(output).resolve()
     structures = {k: v for k, v in dataset_json["labels"].items() if isinstance(v, int) and v != 0}
     spec = LabelSpec(structures)
     if test_folder is None and (raw / "imagesTs").is_dir() and (raw / "labelsTs").is_dir():
@@ -69,22 +108,28 @@ def run_benchmark(dataset_id: int, preset: Preset, output: Path, budgets: list[s
     env = {**os.environ, "nnUNet_extTrainer": ext_trainer_value(os.environ.get("nnUNet_extTrainer"))}
     env.setdefault("nnUNet_def_n_proc", str(min(4, os.cpu_count() or 1)))
 
+    result_file = output / "benchmark.json"
+    result = json.loads(result_file.read_text()) if result_file.is_file() else {}
+    identity = lambda r: (r.get("dataset"), r.get("preset", {}).get("name"), r.get("minutes"), r.get("format"))
+    if result and identity(result) != (raw.name, preset.name, minutes, RESULT_FORMAT):
+        raise InputError(f"{result_file} is a benchmark of {result.get('dataset')} with preset "
+                         f"{result.get('preset', {}).get('name')}, {result.get('minutes')} minutes per run (result "
+                         f"format {result.get('format')}); choose another --output to benchmark {raw.name} with "
+                         f"preset {preset.name} and {minutes} minutes")
+    output.mkdir(parents=True, exist_ok=True)
+    if not os.access(output, os.W_OK):
+        raise InputError(f"--output {output} is not writable")
     splits = write_few_label_splits(dataset_id, "nested" if train_patients is None else "fixed lists", seed=seed,
                                     val_patients=val_patients, val_budget=val_budget, train_patients=train_patients,
                                     group_pattern=group_pattern, overwrite=overwrite_splits,
                                     nested_budgets=None if train_patients else budgets)
     summary = json.loads((splits.parent / "few_label_splits.json").read_text())
     budget_names = [str(len(t)) for t in summary["train_patients"]]
-    result_file = output / "benchmark.json"
-    result = json.loads(result_file.read_text()) if result_file.is_file() else {}
-    if result and (result.get("dataset"), result.get("preset", {}).get("name")) != (raw.name, preset.name):
-        raise InputError(f"{result_file} is a benchmark of {result.get('dataset')} with preset "
-                         f"{result.get('preset', {}).get('name')}; choose another --output to benchmark {raw.name} "
-                         f"with preset {preset.name}")
     plans = planned_arms(dataset_id, preset, encoder)
     if plans is None:
         plans, result["planning_warnings"] = plan_arms(dataset_id, preset, encoder)
     result.update({
+        "format": RESULT_FORMAT, "minutes": minutes, "seeds": sorted(set(result.get("seeds", [])) | set(seeds)),
         "dataset": raw.name, "preset": {"name": preset.name, "purpose": preset.purpose, "changes": preset.changes()},
         "machine": machine_description(device), "device": device, "structures": list(structures),
         "budgets": {b: t for b, t in zip(budget_names, summary["train_patients"])},
@@ -101,26 +146,37 @@ def run_benchmark(dataset_id: int, preset: Preset, output: Path, budgets: list[s
         return result
     runs = result.setdefault("runs", {})
     gt = splits.parent / "gt_segmentations"
-    jobs = [(fold, budget, arm) for fold, budget in enumerate(budget_names) for arm in arms]
+    # seed-major: every arm and budget gets its first seed before any gets its second
+    jobs = [(seed, fold, budget, arm) for seed in seeds for fold, budget in enumerate(budget_names) for arm in arms]
     bar = tqdm(jobs, desc="benchmark", unit="run", file=sys.stdout)
-    for fold, budget, arm in bar:
-        bar.set_postfix_str(f"{arm}, {budget} patients")
-        run = runs.setdefault(budget, {}).setdefault(arm, {})
+    results_root = Path(os.environ["nnUNet_results"])
+    for seed, fold, budget, arm in bar:
+        bar.set_postfix_str(f"{arm}, {budget} patients, seed {seed}")
+        run = runs.setdefault(budget, {}).setdefault(arm, {}).setdefault(str(seed), {})
         if run.get("status") == "done":  # finished by an earlier call with these arguments
             continue
-        run.update(label=ARMS[arm], fold=fold, trainer=preset.trainer(arm), plans=plans[arm])
+        run.update(label=ARMS[arm], fold=fold, trainer=preset.trainer(arm), plans=plans[arm], seed=seed,
+                   iterations_per_epoch=preset.schedule.iterations if preset.schedule else 250)
+        run_env = {**env, SEED_ENV: str(seed), "nnUNet_results": str(results_folder(results_root, seed, minutes, preset))}
+        run_env.pop(MINUTES_ENV, None)
+        if minutes is not None:
+            run_env[MINUTES_ENV] = f"{minutes:g}"
+        tag = f"{arm}_{budget}" + (f"_seed{seed}" if seed else "")
         try:
-            train_and_score(run, dataset_id, raw.name, device, env, output / "logs" / f"{arm}_{budget}.log",
+            train_and_score(run, dataset_id, raw.name, device, run_env, output / "logs" / f"{tag}.log",
                             validation=(gt, summary["folds"][fold]["val"], spec, dataset_json["file_ending"]),
                             test=(test_folder, test_spec or spec) if test_folder is not None else None,
-                            predictions=output / "predictions" / f"{arm}_{budget}")
+                            predictions=output / "predictions" / tag)
             run["status"] = "done"
-            tqdm.write(f"{ARMS[arm]}, {budget} patients: mean Dice {run['dice']['mean']:.3f}", file=sys.stdout)
-        except RuntimeError as e:  # a failed run is reported, the others go on
+            tqdm.write(f"{ARMS[arm]}, {budget} patients, seed {seed}: mean Dice {run['dice']['mean']:.3f} after "
+                       f"{run['iterations']} iterations", file=sys.stdout)
+        except (RuntimeError, InputError) as e:  # a failed run is reported, the others go on
             run["status"] = f"failed: {e}"
-            tqdm.write(f"{arm}, {budget} patients: {run['status']}", file=sys.stdout)
+            tqdm.write(f"{arm}, {budget} patients, seed {seed}: {run['status']}", file=sys.stdout)
+        result["summary"] = summarise(runs, result["structures"])
         save(result, output, figures=True)
     bar.close()
+    result["summary"] = summarise(runs, result["structures"])
     result["speed"] = speed(result, arms, dataset_id, dataset_json, test_folder,
                             summary["folds"][0]["val"][:timing_cases], device, env, output)
     save(result, output, figures=True)
@@ -135,19 +191,23 @@ def train_and_score(run: dict, dataset_id: int, dataset_name: str, device: str, 
     """Train ``run`` (its ``trainer``, ``plans``, ``fold``) with ``nnUNetv2_train``, continuing an interrupted
     attempt, and add its learning curve and scores on the development cases (``validation``: reference folder,
     cases, spec, file ending) and, if given, on the test folder to ``run``."""
-    folder = (Path(os.environ["nnUNet_results"]) / dataset_name / f"{run['trainer']}__{run['plans']}__{CONFIG}"
+    folder = (Path(env["nnUNet_results"]) / dataset_name / f"{run['trainer']}__{run['plans']}__{CONFIG}"
               / f"fold_{run['fold']}")
     train = ["nnUNetv2_train", str(dataset_id), CONFIG, str(run["fold"]), "-tr", run["trainer"], "-p", run["plans"],
              "-device", device]
     if not (folder / "checkpoint_final.pth").is_file():
+        resume = (folder / "checkpoint_latest.pth").is_file()
+        if resume:  # nnU-Net's --c unpickles it in full: refuse one that holds arbitrary objects
+            load_nnunet_checkpoint(folder / "checkpoint_latest.pth")
         t0 = time.perf_counter()
         try:  # training and nnU-Net's final validation, summed over interrupted attempts
-            run_command(train + (["--c"] if (folder / "checkpoint_latest.pth").is_file() else []), env, log)
+            run_command(train + (["--c"] if resume else []), env, log)
         finally:
             run["wall_seconds"] = run.get("wall_seconds", 0) + time.perf_counter() - t0
     elif not (folder / "validation" / "summary.json").is_file():
         run_command(train + ["--val"], env, log)
-    run["curve"] = parse_training_log(folder)
+    run["curve"] = curve_from_checkpoint(folder)
+    run["iterations"] = len(run["curve"]) * run["iterations_per_epoch"]
     references, cases, spec, ending = validation
     run.update(scores(evaluate_folder(references, folder / "validation", spec, ending, cases), spec.structures))
     if test is not None:
@@ -189,14 +249,15 @@ def speed(result: dict, arms: list[str], dataset_id: int, dataset_json: dict, te
     previous = result.get("speed", {})
     out = {}
     for arm in arms:
-        runs = [r[arm] for r in result["runs"].values() if r.get(arm, {}).get("status") == "done"]
+        runs = [r for budget in result["runs"].values() for r in budget.get(arm, {}).values()
+                if r.get("status") == "done"]
         plans = json.loads((Path(os.environ["nnUNet_preprocessed"]) / result["dataset"]
                             / f"{result['plans'][arm]}.json").read_text())
         arch = plans["configurations"][CONFIG]["architecture"]
         network = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"],
                                          arch["_kw_requires_import"], len(dataset_json["channel_names"]),
                                          len(dataset_json["labels"]), allow_init=False)
-        logs = [speed_from_log(r.get("curve") or [], schedule.iterations if schedule else 250) for r in runs]
+        logs = [speed_from_curve(r.get("curve") or [], schedule.iterations if schedule else 250) for r in runs]
         steps = [x["step_seconds"] for x in logs if x["step_seconds"] is not None]
         memory = [x["peak_memory_gib"] for x in logs if x["peak_memory_gib"] is not None]
         entry = {"label": ARMS[arm], "parameters": sum(p.numel() for p in network.parameters()),
@@ -208,8 +269,11 @@ def speed(result: dict, arms: list[str], dataset_id: int, dataset_json: dict, te
                 images = output / "timing_inputs"
                 if not images.is_dir():
                     _link_images(images, timing_cases, dataset_id, dataset_json)
+                run_env = {**env, "nnUNet_results": str(results_folder(Path(os.environ["nnUNet_results"]),
+                                                                       runs[0]["seed"], result["minutes"],
+                                                                       PRESETS[result["preset"]["name"]]))}
                 seconds = predict(images, output / "timing_predictions" / arm, dataset_id, runs[0]["fold"], runs[0],
-                                  device, env, output / "logs" / f"{arm}_timing.log")
+                                  device, run_env, output / "logs" / f"{arm}_timing.log")
             entry["predict_seconds_per_volume"] = seconds
         out[arm] = entry
     return out
@@ -263,11 +327,17 @@ def benchmark_entry(argv: list[str] | None = None) -> None:
                    help="fixed labelled patients of one budget; repeat per budget (instead of --budgets)")
     p.add_argument("--val_patients", nargs="+", default=None, help="development patients, held out in every fold")
     p.add_argument("--val_budget", default="0.2", help="share or count of development patients if not given (0.2)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the few-label draw (--budgets)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="training seeds: every run is repeated once per seed on the same split (default: 0)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="training time per run, for an equal-time comparison (default: the preset's; cpu-long: "
+                        "20); the preset's epochs become a cap")
     p.add_argument("--group_pattern", default=DEFAULT_GROUP_PATTERN, help="regex; group 1 is the patient id")
     p.add_argument("--pretrained_encoder", type=Path, default=None, metavar="encoder_export.pt",
                    help="exported encoder for the xlstm_pretrained arm (left out without it)")
-    p.add_argument("--arms", nargs="+", default=None, choices=list(ARMS), help="default: all")
+    p.add_argument("--arms", nargs="+", default=None, choices=list(ARMS),
+                   help=f"default: {' '.join(DEFAULT_ARMS)} (the semi-supervised arms only when named)")
     p.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: cuda if available")
     p.add_argument("--test_folder", type=Path, default=None,
                    help="a folder with imagesTs and labelsTs (default: the data set's own, if it has both)")
@@ -286,12 +356,18 @@ def benchmark_entry(argv: list[str] | None = None) -> None:
 
     try:
         test_spec = parse_spec(a.test_structures, a.test_remap, a.test_ignore) if a.test_structures else None
-        run_benchmark(a.d, get_preset(a.preset), a.output or Path(f"benchmark_{a.d}_{a.preset}"), a.budgets,
+        result = run_benchmark(a.d, get_preset(a.preset), a.output or Path(f"benchmark_{a.d}_{a.preset}"), a.budgets,
                       a.train_patients, a.val_patients, a.val_budget, a.seed, a.pretrained_encoder, a.arms,
                       a.device or ("cuda" if torch.cuda.is_available() else "cpu"), a.group_pattern,
-                      a.overwrite_splits, a.test_folder, test_spec, a.timing_cases, a.plan_only)
+                      a.overwrite_splits, a.test_folder, test_spec, a.timing_cases, a.plan_only, a.seeds, a.minutes)
     except InputError as e:
         sys.exit(f"nnunetv2_xlstm_benchmark: error: {e}")
+    failed = [f"{arm}, {budget} patients, seed {seed}" for budget, arms in result.get("runs", {}).items()
+              for arm, seeds in arms.items() for seed, run in seeds.items() if run.get("status", "done") != "done"]
+    if failed:
+        sys.exit(f"nnunetv2_xlstm_benchmark: {len(failed)} run(s) failed ({'; '.join(failed)}); see their logs under "
+                 f"{a.output or Path(f'benchmark_{a.d}_{a.preset}')}/logs, fix the cause and run the same command "
+                 f"again to continue")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from nnunetv2_xlstm.conversion.common import map_labels, raw_dataset, read_image, write_case, write_dataset_json
+from nnunetv2_xlstm.conversion.common import map_labels, raw_dataset, write_case, write_dataset_json
+from nnunetv2_xlstm.imageio import read_image
 from nnunetv2_xlstm.env import InputError, require_env
 
 ACDC_LABELS = {"background": 0, "RV": 1, "MYO": 2, "LV": 3}

@@ -11,20 +11,14 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from nnunetv2_xlstm.datasets import atomic_directory
+from nnunetv2_xlstm.datasets import atomic_directory, new_dataset_folder
 from nnunetv2_xlstm.env import InputError
-
-
-def read_image(path: Path) -> sitk.Image:
-    try:
-        return sitk.ReadImage(str(path))
-    except RuntimeError as e:
-        raise InputError(f"cannot read {path} ({str(e).strip().splitlines()[-1]}); is the download complete?") from None
+from nnunetv2_xlstm.imageio import check_same_geometry, label_array, read_image  # noqa: F401
 
 
 def map_labels(label: sitk.Image, mapping: dict[int, int], path: Path) -> sitk.Image:
     """``label`` with its values mapped (0 stays 0); :class:`InputError` naming ``path`` for values not in ``mapping``."""
-    array = sitk.GetArrayFromImage(label).astype(np.int64)
+    array = label_array(label, path)
     unknown = sorted(set(np.unique(array).tolist()) - set(mapping) - {0})
     if unknown:
         raise InputError(f"{path} holds label values {unknown} that are not among {sorted(mapping)}; is it a label "
@@ -51,18 +45,14 @@ def write_case(folder: Path, split: str, case: str, image_path: Path, label: sit
         sitk.WriteImage(image, str(target), useCompression=True)
     if label is None:
         return
-    same = (image.GetSize() == label.GetSize() and np.allclose(image.GetSpacing(), label.GetSpacing(), rtol=1e-3)
-            and np.allclose(image.GetOrigin(), label.GetOrigin(), atol=1e-2))
-    if not same:
-        raise InputError(f"{label_path} (size {label.GetSize()}, spacing {label.GetSpacing()}) does not match its image "
-                         f"{image_path} (size {image.GetSize()}, spacing {image.GetSpacing()})")
+    check_same_geometry(image, image_path, label, label_path)
     sitk.WriteImage(label, str(folder / f"labels{split}" / f"{case}.nii.gz"), useCompression=True)
 
 
 @contextmanager
 def raw_dataset(raw_root: Path, dataset_id: int, name: str) -> Iterator[Path]:
     """A temporary folder with nnU-Net's raw sub-folders that becomes ``raw_root/DatasetXXX_name`` on success."""
-    with atomic_directory(Path(raw_root) / f"Dataset{dataset_id:03d}_{name}") as tmp:
+    with atomic_directory(new_dataset_folder(Path(raw_root), dataset_id, name)) as tmp:
         for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
             (tmp / sub).mkdir()
         yield tmp

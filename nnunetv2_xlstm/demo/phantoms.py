@@ -19,7 +19,7 @@ import SimpleITK as sitk
 from scipy.ndimage import gaussian_filter
 from tqdm import tqdm
 
-from nnunetv2_xlstm.datasets import atomic_directory
+from nnunetv2_xlstm.datasets import atomic_directory, new_dataset_folder
 from nnunetv2_xlstm.env import InputError, require_env
 from nnunetv2_xlstm.labels import WHOLE_HEART_LABELS as L
 
@@ -137,7 +137,7 @@ def write_phantom_dataset(raw_root: Path, dataset_id: int, num_train: int = 10, 
     bad = [m for m in modalities if m not in MODALITIES]
     if bad or not modalities:
         raise InputError(f"unknown modality {bad or modalities}: use one or more of {', '.join(MODALITIES)}")
-    target = Path(raw_root) / f"Dataset{dataset_id:03d}_{name}"
+    target = new_dataset_folder(Path(raw_root), dataset_id, name)
     cases = [("Tr", i) for i in range(num_train)] + [("Ts", i) for i in range(num_train, num_train + num_test)]
     with atomic_directory(target) as tmp:
         for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):

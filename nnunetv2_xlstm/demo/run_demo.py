@@ -107,6 +107,8 @@ def run_demo(output: Path, dataset_id: int = 990, num_train: int = 10, num_test:
                 sources += ["--source", f"{listing}:{modality}" + (":hu=false" if modality == "CT" else "")]
             run_command(["nnunetv2_xlstm_pretrain", "--preset", pretrain_preset, "--output",
                          str(output / "pretraining"), *sources, "--no_pbar"], env)
+            for checkpoint in (output / "pretraining").glob("checkpoint_*.pt"):  # the export is what the demo uses
+                checkpoint.unlink()
         elif step == "split":
             run_command(["nnunetv2_xlstm_split", "-d", str(dataset_id), "--budget", str(labelled), "--val_budget",
                          "2", "--folds", "1", "--seed", str(seed)], env)
@@ -117,6 +119,8 @@ def run_demo(output: Path, dataset_id: int = 990, num_train: int = 10, num_test:
         elif step.startswith("train"):
             run_command(["nnUNetv2_train", str(dataset_id), CONFIG, "0", "-tr", trainers[arm], "-p", PLANS,
                          "-device", "cpu", "--npz"], env)  # --npz: validation probabilities, for ensembling
+            folder = Path(env["nnUNet_results"]) / dataset.name / f"{trainers[arm]}__{PLANS}__{CONFIG}" / "fold_0"
+            (folder / "checkpoint_best.pth").unlink(missing_ok=True)  # predictions use the final one; disk stays small
         elif step.startswith("predict"):
             run_command(["nnUNetv2_predict", "-i", str(dataset / "imagesTs"), "-o", str(output / f"predictions_{arm}"),
                          "-d", str(dataset_id), "-c", CONFIG, "-f", "0", "-tr", trainers[arm], "-p", PLANS, "-device",

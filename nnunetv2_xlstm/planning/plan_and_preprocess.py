@@ -21,11 +21,27 @@ from nnunetv2.experiment_planning.plan_and_preprocess_api import (
 from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
 
 from nnunetv2_xlstm.checkpoints import load_exported_encoder
-from nnunetv2_xlstm.datasets import check_dataset_json, find_raw_dataset
+from nnunetv2_xlstm.datasets import check_dataset_json, check_raw_dataset, find_raw_dataset
 from nnunetv2_xlstm.env import InputError, require_env
 from nnunetv2_xlstm.planning.planner import XLSTMUNetPlanner
 
 OUR_PLANNERS = {"XLSTMUNetPlanner": XLSTMUNetPlanner}
+CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres")
+
+
+def check_planner_kwargs(kwargs: dict) -> None:
+    """Refuse out-of-range XLSTMUNet options with the option's name."""
+    checks = {"n_mlstm_stages": (0, "--mlstm_stages must be >= 0 (0: no mLSTM blocks)"),
+              "mlstm_blocks_per_stage": (1, "--mlstm_blocks must be >= 1 (2: one forward and one backward scan)"),
+              "base_features": (16, "--base_features must be a multiple of 16 (the mLSTM heads' widths), >= 16"),
+              "max_features": (16, "--max_features must be a multiple of 16, >= 16"),
+              "batch_size": (1, "--batch_size must be >= 1")}
+    for key, (minimum, message) in checks.items():
+        value = kwargs.get(key)
+        if value is not None and (value < minimum or (key.endswith("features") and value % 16)):
+            raise InputError(f"{message}; got {value}")
+    if kwargs.get("max_features", 1 << 30) < kwargs.get("base_features", 0):
+        raise InputError(f"--max_features {kwargs['max_features']} is below --base_features {kwargs['base_features']}")
 
 
 def plan_and_preprocess(dataset_ids: list[int], planner: str = "XLSTMUNetPlanner", configurations: list[str] = (
@@ -33,19 +49,30 @@ def plan_and_preprocess(dataset_ids: list[int], planner: str = "XLSTMUNetPlanner
         overwrite_target_spacing: list[float] | None = None, overwrite_plans_name: str | None = None,
         preprocessor_name: str = "DefaultPreprocessor", fingerprint_extractor: str = "DatasetFingerprintExtractor",
         num_processes_fingerprint: int = default_num_processes, verify_dataset_integrity: bool = False,
-        clean: bool = False, no_pp: bool = False, verbose: bool = False, planner_kwargs: dict | None = None) -> str:
+        clean: bool = False, no_pp: bool = False, verbose: bool = False, planner_kwargs: dict | None = None,
+        check_raw: bool = True) -> str:
     """Fingerprint, plan and (unless ``no_pp``) preprocess; returns the plans identifier (``nnUNetPlansXLSTM``).
 
-    Inputs are checked before anything is written: the ``nnUNet_*`` variables, the data set ids and their
-    ``dataset.json``. ``planner_kwargs`` go to our planner only (e.g. ``base_features=16``, or
+    Inputs are checked before anything is written: the ``nnUNet_*`` variables, the configurations, the planner
+    options, the data set ids, their ``dataset.json`` and (``check_raw``) every raw image and label. ``planner_kwargs`` go to our planner only (e.g. ``base_features=16``, or
     ``pretrained_encoder="encoder_export.pt"`` to plan like an exported encoder).
     """
     require_env("nnUNet_raw", "nnUNet_preprocessed")
-    for d in dataset_ids:
-        check_dataset_json(find_raw_dataset(d))
+    unknown = sorted(set(configurations) - set(CONFIGURATIONS))
+    if unknown:
+        raise InputError(f"-c {' '.join(unknown)}: unknown configuration(s); choose from {', '.join(CONFIGURATIONS)}")
     planner_kwargs = planner_kwargs or {}
+    check_planner_kwargs(planner_kwargs)
+    raw = {d: find_raw_dataset(d) for d in dataset_ids}
+    dataset_jsons = {d: check_dataset_json(folder) for d, folder in raw.items()}
     if "pretrained_encoder" in planner_kwargs:
-        load_exported_encoder(planner_kwargs["pretrained_encoder"])  # refuse a wrong file before any work
+        _, plan = load_exported_encoder(planner_kwargs["pretrained_encoder"])  # refuse a wrong file before any work
+        for d, dataset_json in dataset_jsons.items():
+            if len(dataset_json["channel_names"]) != plan["pretrain_num_input_channels"]:
+                raise InputError(f"{planner_kwargs['pretrained_encoder']} was pretrained on "
+                                 f"{plan['pretrain_num_input_channels']} input channel(s); {raw[d].name} has "
+                                 f"{len(dataset_json['channel_names'])}. Fine-tune on data with the same channels or "
+                                 f"plan without --pretrained_encoder")
         shaped = sorted({"n_mlstm_stages", "mlstm_blocks_per_stage", "base_features", "max_features"} & set(planner_kwargs))
         if shaped:
             raise InputError(f"{shaped} come from the pretrained encoder and cannot be set with --pretrained_encoder")
@@ -61,6 +88,9 @@ def plan_and_preprocess(dataset_ids: list[int], planner: str = "XLSTMUNetPlanner
         if planner_class is None:
             raise InputError(f"unknown planner -pl {planner}: use one of {', '.join(OUR_PLANNERS)} or an nnU-Net "
                              f"planner such as nnUNetPlannerResEncM")
+    if check_raw:  # nothing is written before the raw data have been read once
+        for d in dataset_ids:
+            check_raw_dataset(raw[d], dataset_jsons[d], progress=verbose or sys.stdout.isatty())
 
     extract_fingerprints(dataset_ids, fingerprint_extractor, num_processes_fingerprint, verify_dataset_integrity,
                          clean, verbose)
@@ -97,6 +127,8 @@ def plan_and_preprocess_entry(argv: list[str] | None = None) -> None:
     g.add_argument("--base_features", type=int, default=None, help="features of the first stage (32)")
     g.add_argument("--max_features", type=int, default=None, help="feature cap (320)")
     g.add_argument("--batch_size", type=int, default=None, help="fix the batch size (default: from memory target)")
+    p.add_argument("--no_raw_check", action="store_true",
+                   help="skip reading every raw image and label before planning (for large, known-good data sets)")
     g.add_argument("--pretrained_encoder", default=None, metavar="encoder_export.pt",
                    help="plan 3D networks like this exported encoder (stages, widths, kernels, mLSTM placement) for "
                         "nnUNetTrainerXLSTMPretrained; plans name nnUNetPlansXLSTMEncoder")
@@ -108,6 +140,6 @@ def plan_and_preprocess_entry(argv: list[str] | None = None) -> None:
     try:
         plan_and_preprocess(a.d, a.pl, a.c, a.np, a.gpu_memory_target, a.overwrite_target_spacing,
                             a.overwrite_plans_name, a.preprocessor_name, a.fpe, a.npfp, a.verify_dataset_integrity,
-                            a.clean, a.no_pp, a.verbose, kwargs)
+                            a.clean, a.no_pp, a.verbose, kwargs, check_raw=not a.no_raw_check)
     except InputError as e:
         sys.exit(f"nnunetv2_xlstm_plan_and_preprocess: error: {e}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import _LRScheduler
 
@@ -14,27 +16,32 @@ class WarmupPolyLR(_LRScheduler):
     - afterwards: nnU-Net's poly decay over the remaining epochs, ``initial_lr * (1 - (e - warmup) / (max - warmup))
       ** 0.9``, for every group.
 
-    With ``warmup=0`` it is nnU-Net's ``PolyLRScheduler``.
+    With ``warmup=0`` it is nnU-Net's ``PolyLRScheduler``. With ``progress`` (a callable returning a possibly
+    fractional epoch, e.g. the spent share of a time budget times ``max_epochs``) that epoch replaces nnU-Net's.
     """
 
     def __init__(self, optimizer: Optimizer, initial_lr: float, max_epochs: int, warmup: int = 0,
-                 encoder_factor: float = 0.0, exponent: float = 0.9) -> None:
-        self.initial_lr, self.max_epochs, self.warmup = initial_lr, max_epochs, warmup
+                 encoder_factor: float = 0.0, exponent: float = 0.9,
+                 progress: Callable[[], float] | None = None) -> None:
+        self.initial_lr, self.max_epochs, self.warmup, self.progress = initial_lr, max_epochs, warmup, progress
         self.encoder_factor, self.exponent = encoder_factor, exponent
         self.ctr = 0
         super().__init__(optimizer, -1)
 
-    def lrs(self, epoch: int) -> tuple[float, float]:
+    def lrs(self, epoch: float) -> tuple[float, float]:
         """``(lr of the encoder groups, lr of the others)`` at ``epoch``."""
         if epoch < self.warmup:
             lr = self.initial_lr * (epoch + 1) / self.warmup
             return lr * self.encoder_factor, lr
-        lr = self.initial_lr * (1 - (epoch - self.warmup) / max(self.max_epochs - self.warmup, 1)) ** self.exponent
+        remaining = max(0.0, 1 - (epoch - self.warmup) / max(self.max_epochs - self.warmup, 1))
+        lr = self.initial_lr * remaining ** self.exponent
         return lr, lr
 
     def step(self, current_step: int | None = None) -> None:
         if current_step is None or current_step == -1:
             current_step, self.ctr = self.ctr, self.ctr + 1
+        if self.progress is not None:
+            current_step = self.progress()
         encoder_lr, lr = self.lrs(current_step)
         for group in self.optimizer.param_groups:
             group["lr"] = encoder_lr if group.get("name") == "encoder" else lr
