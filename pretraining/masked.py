@@ -24,7 +24,6 @@ from nnunetv2_xlstm.precision import bf16_autocast, bf16_decision
 from nnunetv2_xlstm_pretraining import distributed as D
 from nnunetv2_xlstm_pretraining.config import PretrainConfig
 from nnunetv2_xlstm_pretraining.distillation_loss import masked_distillation_loss, normalise_target
-from nnunetv2_xlstm_pretraining.ema import ema_update, teacher_momentum
 from nnunetv2_xlstm_pretraining.guards import collapse_warnings, guard_metrics
 from nnunetv2_xlstm_pretraining.model import build_xlstm_unet
 from nnunetv2_xlstm_pretraining.plot import plot_masked_history
@@ -128,13 +127,7 @@ def pretrain_masked(config: PretrainConfig, output: Path, resume: bool, progress
                                for p, t, m in zip(predictions, targets, stage_masks)) / len(targets)
             reconstruction_loss = masked_reconstruction_loss(reconstruction, views, hidden)
             loss = distillation + config.reconstruction_weight * reconstruction_loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(student.parameters(), config.clip_grad)
-        optimizer.step()
-        momentum = teacher_momentum(step, config.steps, config.teacher_momentum, config.teacher_momentum_end)
-        ema_update(teacher, student, momentum)
-        D.average_buffers(teacher)
+        grad_norm, momentum = T.update(loss, optimizer, student, teacher, step, config)
 
         t_total = time.perf_counter() - t_step
         t_step = time.perf_counter()

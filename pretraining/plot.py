@@ -41,9 +41,7 @@ def plot_history(history: dict[str, list[float]], path: Path, out_dim: int) -> N
             ax.legend(fontsize=7)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80))
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_masked_history(history: dict[str, list[float]], path: Path) -> None:
@@ -82,6 +80,12 @@ def plot_masked_history(history: dict[str, list[float]], path: Path) -> None:
             ax.legend(fontsize=6)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
+    _save(fig, path)
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80))
     plt.close(fig)

@@ -74,7 +74,7 @@ def load_probe_data(dataset: str, plans: str, configuration: str, train_patients
     overlap = sorted(set(train_patients) & set(val_patients))
     unknown = sorted(set(train_patients + val_patients) - set(patients))
     if overlap or unknown or not train_patients or not val_patients:
-        raise InputError(f"probe split: " + "; ".join(filter(None, [
+        raise InputError("probe split: " + "; ".join(filter(None, [
             f"patients both labelled and development: {overlap}" if overlap else "",
             f"no preprocessed cases in {folder} for {unknown[:5]}" if unknown else "",
             "give at least one --train_patients and one --val_patients" if not (train_patients and val_patients)

@@ -94,6 +94,20 @@ def monitors(student_logits: torch.Tensor, teacher_logits: torch.Tensor, embeddi
             {"teacher_entropy": entropy, "kl": kl, "embedding_std": emb_std}.items()}
 
 
+def update(loss: torch.Tensor, optimizer: torch.optim.Optimizer, student: nn.Module, teacher: nn.Module, step: int,
+           config: PretrainConfig) -> tuple[float, float]:
+    """One optimiser step of the student (gradients clipped at ``clip_grad``), then the EMA update of the teacher,
+    whose buffers are averaged over processes; returns ``(gradient norm, teacher momentum)``."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = nn.utils.clip_grad_norm_(student.parameters(), config.clip_grad)
+    optimizer.step()
+    momentum = teacher_momentum(step, config.steps, config.teacher_momentum, config.teacher_momentum_end)
+    ema_update(teacher, student, momentum)
+    D.average_buffers(teacher)  # running statistics come from each rank's own batch
+    return float(grad_norm), momentum
+
+
 def _setup_logging(output: Path) -> None:
     log.setLevel(logging.INFO)
     if D.rank() == 0 and not any(isinstance(h, logging.FileHandler) for h in log.handlers):
@@ -247,13 +261,7 @@ def pretrain(config: PretrainConfig, output: str | Path, resume: bool = False, p
             if config.koleo_weight:  # per global view, as DINOv2
                 loss = loss + config.koleo_weight * sum(
                     koleo_loss(e) for e in embeddings[: len(globals_)].chunk(2))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(student.parameters(), config.clip_grad)
-        optimizer.step()
-        momentum = teacher_momentum(step, config.steps, config.teacher_momentum, config.teacher_momentum_end)
-        ema_update(teacher, student, momentum)
-        D.average_buffers(teacher)  # running statistics come from each rank's own batch
+        grad_norm, momentum = update(loss, optimizer, student, teacher, step, config)
 
         t_total = time.perf_counter() - t_step
         t_step = time.perf_counter()
