@@ -191,8 +191,8 @@ def test_markdown_report_has_mean_sd_interval_and_failures() -> None:
                                   "predict_seconds_per_volume": 3.0}}}
     text = markdown_report(result)
     assert "## 3 labelled patients" in text and "## 7 labelled patients" in text
-    assert "| L | 0.550 ± 0.071 | 0.500 ± 0.000 | **0.525 ± 0.035** |  | 100 | 10.0 min |" in text
-    assert "**0.600** | +0.100 [+0.100, +0.100] | 100 |" in text  # xlstm: one finished seed, paired with stock's
+    assert "| L | 0.550 ± 0.071 | 0.500 ± 0.000 | **0.525 ± 0.035** |  | 1.0 | 100 | 10.0 min |" in text
+    assert "**0.600** | +0.100 [+0.100, +0.100] | 1.0 | 100 |" in text  # xlstm: one finished seed, paired with stock's
     assert "- L, seed 1: failed: boom" in text
     assert "| L | 2.50 M | 2.25 s | — | 3.0 s |" in text and "Changes from nnU-Net's defaults: a; b." in text
     del result["speed"]  # a benchmark still running: its tables so far, no speed yet

@@ -86,6 +86,7 @@ def summarise(runs: dict[str, dict[str, dict[str, dict]]], structures: list[str]
                                   "sd": float(per_seed[:, i].std(ddof=1)) if len(seeds) > 1 else None}
                               for i, s in enumerate(names)},
                      "iterations": [r.get("iterations") for r in seeds.values()],
+                     "hd95_mean": float(np.mean([r["hd95"]["mean"] for r in seeds.values()])),
                      "wall_minutes": float(np.mean([r.get("wall_seconds", 0) / 60 for r in seeds.values()]))}
             common = sorted(set(seeds) & set(done.get(STOCK, {})), key=int)
             if arm != STOCK and common:
@@ -114,14 +115,15 @@ def markdown_report(result: dict) -> str:
              f"Machine: {result['machine']}. Evaluated on: {result['evaluated_on']}. Seeds: "
              f"{', '.join(map(str, result.get('seeds', [0])))}. Dice: mean ± sd over seeds of each seed's mean over "
              f"cases. Δ stock: the mean paired difference to stock nnU-Net over cases × seeds, [95 % bootstrap "
-             f"interval]. HD95 is averaged over the cases where both prediction and reference contain the structure.",
+             f"interval]. HD95: mean over structures, cases and seeds; a structure missed (or predicted where there is none) "
+             f"counts as the image diagonal.",
              ""]
     structures = result["structures"]
     summary = result.get("summary", {})
     for budget, arms in result["runs"].items():
         lines += [f"## {budget} labelled patients", "",
-                  "| arm | " + " | ".join(structures) + " | mean Dice | Δ stock (mean Dice) | iterations | "
-                  "wall time |", "| --- |" + " --- |" * (len(structures) + 4)]
+                  "| arm | " + " | ".join(structures) + " | mean Dice | Δ stock (mean Dice) | mean HD95 (mm) | "
+                  "iterations | wall time |", "| --- |" + " --- |" * (len(structures) + 5)]
         failed = []
         for arm, seeds in arms.items():
             label = next((r["label"] for r in seeds.values() if "label" in r), arm)
@@ -129,14 +131,15 @@ def markdown_report(result: dict) -> str:
                        if r.get("status") not in ("done", None)]
             entry = summary.get(budget, {}).get(arm)
             if entry is None:
-                lines.append(f"| {label} | " + " | ".join("—" for _ in structures) + " | — | | | |")
+                lines.append(f"| {label} | " + " | ".join("—" for _ in structures) + " | — | | | | |")
                 continue
             d = entry.get("vs_stock", {}).get("mean")
             delta = "" if d is None else f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
             its = sorted({i for i in entry["iterations"] if i is not None})
             its = "–".join(str(i) for i in dict.fromkeys(its[:1] + its[-1:]))  # the range over seeds
             lines.append(f"| {label} | " + " | ".join(_pm(entry["dice"][s]) for s in structures)
-                         + f" | **{_pm(entry['dice']['mean'])}** | {delta} | {its} | {entry['wall_minutes']:.1f} min |")
+                         + f" | **{_pm(entry['dice']['mean'])}** | {delta} | {entry['hd95_mean']:.1f} | {its} | "
+                           f"{entry['wall_minutes']:.1f} min |")
         lines += [""] + [f"- {f}" for f in failed] + ([""] if failed else [])
     if "speed" not in result:  # a run in progress: the speed table comes at the end
         return "\n".join(lines)
