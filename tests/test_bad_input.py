@@ -88,7 +88,8 @@ def test_raw_data_is_checked_before_planning_writes_anything(nnunet_env: dict[st
 def test_planning_options_are_checked(nnunet_env: dict[str, str]) -> None:
     write_phantom_dataset(Path(nnunet_env["nnUNet_raw"]), 982, 2, 0, geometry=GEOMETRY, progress=False)
     for kwargs, match in (({"batch_size": 0}, "--batch_size must be >= 1"),
-                          ({"base_features": 24}, "multiple of 16"),
+                          ({"base_features": 0}, "--base_features must be >= 1"),
+                          ({"base_features": 64, "max_features": 32}, "--max_features 32 is below --base_features 64"),
                           ({"mlstm_blocks_per_stage": 0}, "--mlstm_blocks must be >= 1")):
         with pytest.raises(InputError, match=match):
             plan_and_preprocess([982], configurations=["3d_fullres"], planner_kwargs=kwargs)

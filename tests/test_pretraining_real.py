@@ -35,5 +35,7 @@ def test_tiny_real_run_loss_decreases_and_export_loads(tmp_path: Path) -> None:
     weights, plan = load_exported_encoder(result["export"])
     net = build_xlstm_unet(plan["architecture_plans"]["arch_kwargs"], 1, 4)
     encoder_keys = {k for k in net.state_dict() if k.startswith(("encoder.stages", "encoder.stem"))}
-    assert set(weights) == encoder_keys
+    assert encoder_keys <= set(weights) and all(k.startswith("decoder.") for k in set(weights) - encoder_keys)
     net.load_state_dict({**net.state_dict(), **weights}, strict=True)
+    guards = {k: v[-1] for k, v in result["history"].items() if k.startswith(("target_var", "prediction_var"))}
+    assert guards and all(v > 0.01 for v in guards.values()), guards  # no collapse on the real pool

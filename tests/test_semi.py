@@ -119,7 +119,8 @@ def test_semi_trainer_through_nnunet_commands(tmp_path: Path, nnunet_env: dict[s
     assert (folder / "progress_semi.png").is_file() and (folder / "progress.png").is_file()
     assert list(Path(nnunet_env["nnUNet_preprocessed"], dataset.name).glob("*_unlabelled_*/complete.json"))
     # the trainer restores the teacher from the checkpoint (what --c does)
-    plans = json.loads((Path(nnunet_env["nnUNet_preprocessed"]) / dataset.name / "nnUNetPlansXLSTM.json").read_text())
+    plans = {**json.loads((Path(nnunet_env["nnUNet_preprocessed"]) / dataset.name / "nnUNetPlansXLSTM.json")
+                          .read_text()), "continue_training": False}
     trainer = semi.nnUNetTrainerXLSTMSemi_smoke(plans, "3d_fullres", 0, json.loads((dataset / "dataset.json").read_text()),
                                                 torch.device("cpu"))
     trainer.load_checkpoint(str(folder / "checkpoint_final.pth"))

@@ -20,6 +20,7 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from nnunetv2_xlstm.atomic import atomic_write
+from nnunetv2_xlstm.checkpoints import atomic_torch_save, load_nnunet_checkpoint
 from nnunetv2_xlstm.commands import run_command
 from nnunetv2_xlstm.demo.phantoms import PhantomGeometry, write_phantom_dataset
 from nnunetv2_xlstm.env import InputError, nnunet_environment
@@ -120,7 +121,11 @@ def run_demo(output: Path, dataset_id: int = 990, num_train: int = 10, num_test:
             run_command(["nnUNetv2_train", str(dataset_id), CONFIG, "0", "-tr", trainers[arm], "-p", PLANS,
                          "-device", "cpu", "--npz"], env)  # --npz: validation probabilities, for ensembling
             folder = Path(env["nnUNet_results"]) / dataset.name / f"{trainers[arm]}__{PLANS}__{CONFIG}" / "fold_0"
-            (folder / "checkpoint_best.pth").unlink(missing_ok=True)  # predictions use the final one; disk stays small
+            # disk: predictions use the final checkpoint, and its weights only (the optimiser state is 2/3 of it)
+            (folder / "checkpoint_best.pth").unlink(missing_ok=True)
+            final = load_nnunet_checkpoint(folder / "checkpoint_final.pth")
+            atomic_torch_save({k: v for k, v in final.items() if k not in ("optimizer_state", "grad_scaler_state")},
+                              folder / "checkpoint_final.pth")
         elif step.startswith("predict"):
             run_command(["nnUNetv2_predict", "-i", str(dataset / "imagesTs"), "-o", str(output / f"predictions_{arm}"),
                          "-d", str(dataset_id), "-c", CONFIG, "-f", "0", "-tr", trainers[arm], "-p", PLANS, "-device",

@@ -33,12 +33,12 @@ def check_planner_kwargs(kwargs: dict) -> None:
     """Refuse out-of-range XLSTMUNet options with the option's name."""
     checks = {"n_mlstm_stages": (0, "--mlstm_stages must be >= 0 (0: no mLSTM blocks)"),
               "mlstm_blocks_per_stage": (1, "--mlstm_blocks must be >= 1 (2: one forward and one backward scan)"),
-              "base_features": (16, "--base_features must be a multiple of 16 (the mLSTM heads' widths), >= 16"),
-              "max_features": (16, "--max_features must be a multiple of 16, >= 16"),
+              "base_features": (1, "--base_features must be >= 1"),
+              "max_features": (1, "--max_features must be >= 1"),
               "batch_size": (1, "--batch_size must be >= 1")}
     for key, (minimum, message) in checks.items():
         value = kwargs.get(key)
-        if value is not None and (value < minimum or (key.endswith("features") and value % 16)):
+        if value is not None and value < minimum:
             raise InputError(f"{message}; got {value}")
     if kwargs.get("max_features", 1 << 30) < kwargs.get("base_features", 0):
         raise InputError(f"--max_features {kwargs['max_features']} is below --base_features {kwargs['base_features']}")
