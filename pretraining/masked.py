@@ -90,7 +90,8 @@ def pretrain_masked(config: PretrainConfig, output: Path, resume: bool, progress
         torch.set_rng_state(checkpoint["rng_torch"])
         history, start = checkpoint["history"], checkpoint["step"]
         log.info(f"resumed from {output / T.LATEST} at step {start}")
-    student_ddp = DistributedDataParallel(student) if world > 1 else student
+    # the decoder's deep-supervision heads of the coarser stages are built but unused (one reconstruction output)
+    student_ddp = DistributedDataParallel(student, find_unused_parameters=True) if world > 1 else student
     loader = torch.utils.data.DataLoader(
         MaskedViewDataset(pool, config, rank), batch_size=None, sampler=range(start, config.steps),
         num_workers=config.num_workers, prefetch_factor=4 if config.num_workers else None,
