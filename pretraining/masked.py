@@ -98,12 +98,7 @@ def pretrain_masked(config: PretrainConfig, output: Path, resume: bool, progress
         pin_memory=device.type == "cuda")
     autocast = bf16_autocast(device)
     log.info(f"precision: {bf16_decision(device.type)[1]}; mLSTM kernels in fp32 on a CPU")
-    probe = None
-    if config.probe.every and rank == 0:
-        from nnunetv2_xlstm_pretraining.probe import PretrainingProbe
-
-        probe = PretrainingProbe(config.probe, plan["architecture_plans"]["arch_kwargs"], output, device)
-        log.info(f"probe: random init {probe.history['random']['mean']['mean']:.3f} mean Dice")
+    probe = T.start_probe(config, plan, output, device)
 
     def save(step: int) -> None:
         T.save_checkpoint(output, config, step, {
@@ -161,9 +156,7 @@ def pretrain_masked(config: PretrainConfig, output: Path, resume: bool, progress
                              f"or set collapse_stop=false to go on")
         if rank == 0 and (done % config.save_every == 0 or done == config.steps):
             save(done)
-        if probe is not None and (done % config.probe.every == 0 or done == config.steps):
-            save_exported_encoder(output / "probe_encoder.pt", teacher.export_weights(False), plan)
-            log.info(f"step {done}: probe mean Dice {probe(done, output / 'probe_encoder.pt'):.3f}")
+        T.probe_step(probe, config, done, lambda: teacher.export_weights(False), plan, output)
     bar.close()
 
     if rank == 0:

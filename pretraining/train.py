@@ -109,11 +109,19 @@ def update(loss: torch.Tensor, optimizer: torch.optim.Optimizer, student: nn.Mod
 
 
 def _setup_logging(output: Path) -> None:
+    """Log to ``output/train.log`` (rank 0), and to no earlier run's log of the same process."""
     log.setLevel(logging.INFO)
-    if D.rank() == 0 and not any(isinstance(h, logging.FileHandler) for h in log.handlers):
-        handler = logging.FileHandler(output / "train.log")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-        log.addHandler(handler)
+    if D.rank() != 0:
+        return
+    path = (output / "train.log").resolve()
+    for handler in [h for h in log.handlers if isinstance(h, logging.FileHandler)]:
+        if Path(handler.baseFilename) == path:
+            return
+        log.removeHandler(handler)
+        handler.close()
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    log.addHandler(handler)
 
 
 def setup_run(config: PretrainConfig, output: Path, resume: bool) -> tuple[torch.device, dict, dict | None,
@@ -142,6 +150,25 @@ def setup_run(config: PretrainConfig, output: Path, resume: bool) -> tuple[torch
             stale.unlink()
         atomic_write_text(output / "config.json", json.dumps(config_to_dict(config), indent=2))
     return device, plan, checkpoint, log
+
+
+def start_probe(config: PretrainConfig, plan: dict, output: Path, device: torch.device):
+    """The transfer probe of ``config.probe`` (:mod:`nnunetv2_xlstm_pretraining.probe`) on rank 0, its random-init
+    baseline measured and logged; None when ``probe.every`` is 0."""
+    if not config.probe.every or D.rank() != 0:
+        return None
+    from nnunetv2_xlstm_pretraining.probe import PretrainingProbe
+
+    probe = PretrainingProbe(config.probe, plan["architecture_plans"]["arch_kwargs"], output, device)
+    log.info(f"probe: random init {probe.history['random']['mean']['mean']:.3f} mean Dice")
+    return probe
+
+
+def probe_step(probe, config: PretrainConfig, done: int, encoder, plan: dict, output: Path) -> None:
+    """Probe the teacher's encoder weights (``encoder()``) every ``probe.every`` steps and at the last one."""
+    if probe is not None and (done % config.probe.every == 0 or done == config.steps):
+        save_exported_encoder(output / "probe_encoder.pt", encoder(), plan)
+        log.info(f"step {done}: probe mean Dice {probe(done, output / 'probe_encoder.pt'):.3f}")
 
 
 def load_logged_pool(config: PretrainConfig, progress: bool) -> list:
@@ -227,6 +254,7 @@ def pretrain(config: PretrainConfig, output: str | Path, resume: bool = False, p
     # DINO keeps fp32 on a CPU: its loss turned NaN within a few steps under CPU bf16 autocast (not on CUDA)
     autocast = bf16_autocast(device) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     log.info(f"precision: {bf16_decision(device.type)[1] if device.type == 'cuda' else 'fp32 (DINO on a CPU)'}")
+    probe = start_probe(config, plan, output, device)
 
     def save(step: int) -> None:
         save_checkpoint(output, config, step, {
@@ -283,6 +311,7 @@ def pretrain(config: PretrainConfig, output: str | Path, resume: bool = False, p
                 plot_history(history, output / "progress.png", config.out_dim)
             if done % config.save_every == 0 or done == config.steps:
                 save(done)
+        probe_step(probe, config, done, teacher.encoder_state_dict, plan, output)
     bar.close()
 
     if rank == 0:

@@ -1,7 +1,8 @@
-"""The transfer probe: deterministic per seed, random-init baseline of the export's own architecture, refusals."""
+"""The transfer probe: deterministic per seed, random-init baseline of the export's own architecture, refusals, and\nits runs during pretraining (either objective)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,9 @@ from nnunetv2_xlstm.env import InputError
 from nnunetv2_xlstm_pretraining.config import SourceConfig, load_config
 from nnunetv2_xlstm_pretraining.model import build_xlstm_unet
 from nnunetv2_xlstm_pretraining.probe import ProbeData, load_probe_data, probe_encoder, probe_markdown
-from nnunetv2_xlstm_pretraining.train import adaptation_plan
+from nnunetv2_xlstm_pretraining.train import adaptation_plan, pretrain
+
+from test_pretraining import smoke_config, sources  # noqa: F401  (fixture)
 
 SMALL = ["network.features_per_stage=[16,32]", "network.strides=[1,2]", "network.n_blocks_per_stage=[1,1]",
          "network.mlstm_stages=[1]", "global_crop_voxels=[8,8,8]", "local_crop_voxels=[4,4,4]", "target_stages=2"]
@@ -74,3 +77,21 @@ def test_probe_refusals(tmp_path: Path, data: ProbeData, nnunet_env: dict[str, s
         probe_encoder(tmp_path / "enc.pt", two_channels, [0], 5)
     with pytest.raises(InputError, match="data set 977"):
         load_probe_data("977", "nnUNetPlans", "3d_fullres", ["a"], ["b"])
+
+
+@pytest.mark.parametrize("objective", ["masked_distillation", "dino"])
+def test_pretraining_probes_its_teacher_every_n_steps(tmp_path: Path, sources, data: ProbeData,  # noqa: F811
+                                                      monkeypatch: pytest.MonkeyPatch, objective: str) -> None:
+    import nnunetv2_xlstm_pretraining.probe as probe_module
+
+    monkeypatch.setattr(probe_module, "load_probe_data", lambda *args: data)  # nnU-Net's preprocessed data, faked
+    config = smoke_config(sources, steps=4, objective=objective,
+                          **{"probe.every": 2, "probe.steps": 5, "probe.dataset": "phantoms"})
+    pretrain(config, tmp_path / "run", progress=False)
+    history = json.loads((tmp_path / "run" / "probe.json").read_text())
+    assert [entry["step"] for entry in history["steps"]] == [2, 4]
+    assert all(0 <= entry["mean"] <= 1 for entry in history["steps"])
+    assert 0 <= history["random"]["mean"]["mean"] <= 1
+    assert (tmp_path / "run" / "probe.png").is_file()
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "step 2: probe mean Dice" in log and "step 4: probe mean Dice" in log
