@@ -174,10 +174,23 @@ def test_summary_over_seeds_pairs_cases_with_stock() -> None:
     assert xlstm["seeds"] == ["0", "1"] and xlstm["iterations"] == [60, 70]
     # every (case, seed) pair is 0.1 better -> the interval collapses on +0.1
     delta = xlstm["vs_stock"]["mean"]
-    assert delta.pop("seeds") == ["0", "1"]
+    assert delta.pop("seeds") == ["0", "1"] and delta.pop("seed_sd") == pytest.approx(0)
     assert delta == pytest.approx({"mean": 0.1, "low": 0.1, "high": 0.1, "pairs": 4})
     one_seed = summarise({"3": {"stock": {"0": _run({"RV": [0.5]})}}}, ["RV"])["3"]["stock"]
     assert one_seed["dice"]["RV"]["sd"] is None
+
+
+def test_pretrained_arm_is_paired_with_its_scratch_twin() -> None:
+    scratch = {"0": _run({"RV": [0.2, 0.4]}), "1": _run({"RV": [0.4, 0.4]}), "2": _run({"RV": [0.5, 0.5]})}
+    pretrained = {"0": _run({"RV": [0.3, 0.5]}), "1": _run({"RV": [0.7, 0.7]}), "2": {"status": "failed: boom"}}
+    summary = summarise({"3": {"xlstm": scratch, "xlstm_pretrained": pretrained}}, ["RV"])["3"]
+    assert "vs_twin" not in summary["xlstm"] and "vs_stock" not in summary["xlstm_pretrained"]
+    twin = summary["xlstm_pretrained"]["vs_twin"]
+    assert twin["arm"] == "xlstm" and twin["RV"]["seeds"] == ["0", "1"] and twin["RV"]["pairs"] == 4
+    assert twin["RV"]["mean"] == pytest.approx(0.2)  # seed 0: +0.1 per case, seed 1: +0.3 per case
+    assert twin["RV"]["seed_sd"] == pytest.approx(float(np.std([0.1, 0.3], ddof=1)))
+    assert twin["RV"]["low"] == pytest.approx(0.1) and twin["RV"]["high"] == pytest.approx(0.3)
+    assert twin["mean"]["mean"] == pytest.approx(0.2)
 
 
 def test_markdown_report_has_mean_sd_interval_and_failures() -> None:
@@ -195,6 +208,11 @@ def test_markdown_report_has_mean_sd_interval_and_failures() -> None:
     assert "**0.600** | +0.100 [+0.100, +0.100] | 1.0 | 100 |" in text  # xlstm: one finished seed, paired with stock's
     assert "- L, seed 1: failed: boom" in text
     assert "| L | 2.50 M | 2.25 s | — | 3.0 s |" in text and "Changes from nnU-Net's defaults: a; b." in text
+    assert "Paired differences" not in text  # no arm with a twin
+    twins = {"3": {"xlstm": runs["3"]["stock"], "xlstm_pretrained": runs["3"]["xlstm"]}}
+    text = markdown_report({**result, "runs": twins, "summary": summarise(twins, ["RV", "LV"])})
+    assert ("| L − L | +0.200 [+0.200, +0.200] | +0.000 [+0.000, +0.000] | **+0.100 [+0.100, +0.100]** | — | 0 |"
+            in text)
     del result["speed"]  # a benchmark still running: its tables so far, no speed yet
     assert "## Speed" not in markdown_report(result)
 
@@ -244,7 +262,8 @@ def test_benchmark_command_on_phantoms(tmp_path: Path, nnunet_env: dict[str, str
             assert set(run["test"]["dice"]) == {*structures, "mean"}  # the phantoms' imagesTs/labelsTs
             assert [e["epoch"] for e in run["curve"]] == [0, 1] and run["wall_seconds"] > 0
             assert run["iterations"] == 8 and all(e["peak_memory_gib"] > 0 for e in run["curve"])
-    assert set(result["summary"]["1"]["xlstm"]["vs_stock"]["mean"]) == {"mean", "low", "high", "pairs", "seeds"}
+    assert set(result["summary"]["1"]["xlstm"]["vs_stock"]["mean"]) == {"mean", "low", "high", "pairs", "seeds",
+                                                                        "seed_sd"}
     # one preprocessing; the arms' plans differ in the network only; the XLSTMUNet arms are shaped like the encoder
     pre = Path(nnunet_env["nnUNet_preprocessed"]) / dataset.name
     plans = {arm: json.loads((pre / f"{name}.json").read_text())["configurations"]["3d_fullres"]

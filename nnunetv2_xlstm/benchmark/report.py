@@ -12,6 +12,8 @@ from nnunetv2_xlstm.atomic import atomic_write
 from nnunetv2_xlstm.checkpoints import load_nnunet_checkpoint
 
 STOCK = "stock"  # the arm every other arm's paired difference refers to
+# arms that change one thing of another arm, and that arm: their paired difference is reported as well
+TWINS = {"xlstm_pretrained": "xlstm", "xlstm_semi": "xlstm", "xlstm_pretrained_semi": "xlstm_pretrained"}
 
 
 def curve_from_checkpoint(folder: Path) -> list[dict]:
@@ -71,8 +73,9 @@ def _case_dice(run: dict, structures: list[str]) -> dict[str, dict[str, float]]:
 
 def summarise(runs: dict[str, dict[str, dict[str, dict]]], structures: list[str]) -> dict:
     """Per budget and arm, over its finished seeds: Dice mean ± sd per structure (the sd over seeds of each seed's
-    mean over cases; None with one seed), the iterations reached, and the paired difference to the stock arm
-    (per case and seed, on the seeds both finished) with its 95 % bootstrap interval."""
+    mean over cases; None with one seed), the iterations reached, and the paired difference
+    (:func:`paired_difference`) to the stock arm (``vs_stock``) and, for the arms in :data:`TWINS`, to their twin
+    (``vs_twin``)."""
     names = [*structures, "mean"]
     out: dict = {}
     for budget, arms in runs.items():
@@ -88,22 +91,57 @@ def summarise(runs: dict[str, dict[str, dict[str, dict]]], structures: list[str]
                      "iterations": [r.get("iterations") for r in seeds.values()],
                      "hd95_mean": float(np.mean([r["hd95"]["mean"] for r in seeds.values()])),
                      "wall_minutes": float(np.mean([r.get("wall_seconds", 0) / 60 for r in seeds.values()]))}
-            common = sorted(set(seeds) & set(done.get(STOCK, {})), key=int)
-            if arm != STOCK and common:
-                diffs = {s: [] for s in names}
-                for seed in common:
-                    mine, theirs = _case_dice(seeds[seed], structures), _case_dice(done[STOCK][seed], structures)
-                    for case in sorted(set(mine) & set(theirs)):
-                        for s in names:
-                            diffs[s].append(mine[case][s] - theirs[case][s])
-                entry["vs_stock"] = {s: dict(zip(("mean", "low", "high"), bootstrap_ci(d)), pairs=len(d),
-                                             seeds=common) for s, d in diffs.items()}
+            if arm != STOCK and set(seeds) & set(done.get(STOCK, {})):
+                entry["vs_stock"] = paired_difference(seeds, done[STOCK], structures)
+            twin = TWINS.get(arm)
+            if twin and set(seeds) & set(done.get(twin, {})):
+                entry["vs_twin"] = {"arm": twin, **paired_difference(seeds, done[twin], structures)}
             out.setdefault(budget, {})[arm] = entry
     return out
 
 
+def paired_difference(mine: dict[str, dict], theirs: dict[str, dict], structures: list[str]) -> dict:
+    """Per structure and for the mean over structures: the mean difference ``mine - theirs`` over the pairs (case,
+    seed) of the seeds both finished, its 95 % bootstrap interval, the number of pairs, the seeds, and the sd over
+    seeds of each seed's mean difference (``seed_sd``; None with one seed)."""
+    names = [*structures, "mean"]
+    common = sorted(set(mine) & set(theirs), key=int)
+    diffs: dict[str, list[float]] = {s: [] for s in names}
+    per_seed: dict[str, list[float]] = {s: [] for s in names}
+    for seed in common:
+        a, b = _case_dice(mine[seed], structures), _case_dice(theirs[seed], structures)
+        cases = sorted(set(a) & set(b))
+        for s in names:
+            d = [a[case][s] - b[case][s] for case in cases]
+            diffs[s] += d
+            per_seed[s].append(float(np.nanmean(d)) if d else float("nan"))
+    return {s: {**dict(zip(("mean", "low", "high"), bootstrap_ci(diffs[s]))), "pairs": len(diffs[s]),
+                "seeds": common, "seed_sd": float(np.std(per_seed[s], ddof=1)) if len(common) > 1 else None}
+            for s in names}
+
+
 def _pm(entry: dict) -> str:
     return f"{entry['mean']:.3f}" + (f" ± {entry['sd']:.3f}" if entry.get("sd") is not None else "")
+
+
+def _twin_table(result: dict, budget: str, structures: list[str]) -> list[str]:
+    """The paired differences of the arms in :data:`TWINS` to their twins: per structure the mean [95 % bootstrap
+    interval] over cases x seeds, and the sd over seeds of the per-seed mean difference."""
+    entries = {arm: e["vs_twin"] for arm, e in result.get("summary", {}).get(budget, {}).items() if "vs_twin" in e}
+    if not entries:
+        return []
+    label = lambda arm: next((r["label"] for r in result["runs"][budget].get(arm, {}).values() if "label" in r), arm)
+    lines = ["Paired differences (same split, seeds and schedule; per case and seed, [95 % bootstrap interval]; "
+             "sd: over seeds of each seed's mean difference):", "",
+             "| difference | " + " | ".join(structures) + " | mean Dice | sd over seeds | seeds |",
+             "| --- |" + " --- |" * (len(structures) + 3)]
+    for arm, d in entries.items():
+        cell = lambda v: f"{v['mean']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}]"
+        sd = d["mean"]["seed_sd"]
+        lines.append(f"| {label(arm)} − {label(d['arm'])} | " + " | ".join(cell(d[s]) for s in structures)
+                     + f" | **{cell(d['mean'])}** | {'—' if sd is None else f'{sd:.3f}'} | "
+                       f"{', '.join(d['mean']['seeds'])} |")
+    return lines + [""]
 
 
 def markdown_report(result: dict) -> str:
@@ -141,6 +179,7 @@ def markdown_report(result: dict) -> str:
                          + f" | **{_pm(entry['dice']['mean'])}** | {delta} | {entry['hd95_mean']:.1f} | {its} | "
                            f"{entry['wall_minutes']:.1f} min |")
         lines += [""] + [f"- {f}" for f in failed] + ([""] if failed else [])
+        lines += _twin_table(result, budget, structures)
     if "speed" not in result:  # a run in progress: the speed table comes at the end
         return "\n".join(lines)
     lines += ["## Speed", "", "| arm | parameters | training step | peak memory | prediction per volume |",
