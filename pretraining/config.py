@@ -44,7 +44,8 @@ class NetworkConfig:
 @dataclass
 class ProbeConfig:
     """The transfer probe (``nnunetv2_xlstm_probe``) run on the teacher's encoder every ``every`` steps of
-    pretraining, either objective (0: never), on nnU-Net's preprocessed data of a labelled data set; see docs/how-to/pretraining.md."""
+    pretraining, either objective (0: never), on nnU-Net's preprocessed data of a labelled data set; see
+    docs/how-to/pretraining.md."""
 
     every: int = 0
     dataset: str = ""  # id or name, preprocessed with plans/configuration

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from nnunetv2_xlstm.atomic import atomic_write_text
+from nnunetv2_xlstm.atomic import atomic_write, atomic_write_text
 from nnunetv2_xlstm.checkpoints import load_encoder_into, load_exported_encoder
 from nnunetv2_xlstm.env import InputError, require_env
 from nnunetv2_xlstm.precision import bf16_autocast, bf16_decision
@@ -240,9 +241,14 @@ def summarise_probe(result: dict) -> dict:
     return out
 
 
+BEST_EXPORT = "encoder_best_probe.pt"
+
+
 class PretrainingProbe:
     """The probe during pretraining: the random-init baseline once, then the teacher's encoder every ``every``
-    steps; ``probe.json`` and ``probe.png`` (probe Dice against the step, with the baseline) in the run folder."""
+    steps; ``probe.json`` and ``probe.png`` (probe Dice against the step, with the baseline) in the run folder, and
+    ``encoder_best_probe.pt``, the export with the best probe Dice so far (``best_step`` in ``probe.json``): the
+    probe can peak before the end of a run."""
 
     def __init__(self, config, arch_kwargs: dict, output: Path, device: torch.device) -> None:
         self.config, self.output, self.device = config, output, device
@@ -257,6 +263,9 @@ class PretrainingProbe:
         result = probe_encoder(export, self.data, self.config.seeds, self.config.steps, self.device)
         entry = {"step": step, **result["summary"]["pretrained"]["mean"]}
         self.history["steps"] = [e for e in self.history["steps"] if e["step"] != step] + [entry]
+        if max(self.history["steps"], key=lambda e: e["mean"]) is entry:  # a tie keeps the earlier step
+            atomic_write(self.output / BEST_EXPORT, lambda tmp: shutil.copyfile(export, tmp))
+            self.history["best_step"] = step
         atomic_write_text(self.output / "probe.json", json.dumps(self.history, indent=1))
         self.plot()
         return entry["mean"]
@@ -266,8 +275,6 @@ class PretrainingProbe:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-
-        from nnunetv2_xlstm.atomic import atomic_write
 
         steps = self.history["steps"]
         fig, ax = plt.subplots(figsize=(5, 3.4))

@@ -168,7 +168,9 @@ def probe_step(probe, config: PretrainConfig, done: int, encoder, plan: dict, ou
     """Probe the teacher's encoder weights (``encoder()``) every ``probe.every`` steps and at the last one."""
     if probe is not None and (done % config.probe.every == 0 or done == config.steps):
         save_exported_encoder(output / "probe_encoder.pt", encoder(), plan)
-        log.info(f"step {done}: probe mean Dice {probe(done, output / 'probe_encoder.pt'):.3f}")
+        dice = probe(done, output / "probe_encoder.pt")
+        best = probe.history.get("best_step") == done
+        log.info(f"step {done}: probe mean Dice {dice:.3f}" + (" (best so far: encoder_best_probe.pt)" if best else ""))
 
 
 def load_logged_pool(config: PretrainConfig, progress: bool) -> list:

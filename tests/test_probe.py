@@ -1,4 +1,5 @@
-"""The transfer probe: deterministic per seed, random-init baseline of the export's own architecture, refusals, and\nits runs during pretraining (either objective)."""
+"""The transfer probe: deterministic per seed, random-init baseline of the export's own architecture, refusals, and
+its runs during pretraining (either objective)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from nnunetv2_xlstm.checkpoints import save_exported_encoder
+from nnunetv2_xlstm.checkpoints import load_exported_encoder, save_exported_encoder
 from nnunetv2_xlstm.env import InputError
 from nnunetv2_xlstm_pretraining.config import SourceConfig, load_config
 from nnunetv2_xlstm_pretraining.model import build_xlstm_unet
@@ -93,5 +94,11 @@ def test_pretraining_probes_its_teacher_every_n_steps(tmp_path: Path, sources, d
     assert all(0 <= entry["mean"] <= 1 for entry in history["steps"])
     assert 0 <= history["random"]["mean"]["mean"] <= 1
     assert (tmp_path / "run" / "probe.png").is_file()
+    best = max(history["steps"], key=lambda entry: entry["mean"])["step"]
+    assert history["best_step"] == best and load_exported_encoder(tmp_path / "run" / "encoder_best_probe.pt")
+    if best == 4:  # the last probe's export is still beside it
+        assert (tmp_path / "run" / "encoder_best_probe.pt").read_bytes() == (
+            tmp_path / "run" / "probe_encoder.pt").read_bytes()
     log = (tmp_path / "run" / "train.log").read_text()
+    assert f"step {best}: probe mean Dice" in log and "(best so far: encoder_best_probe.pt)" in log
     assert "step 2: probe mean Dice" in log and "step 4: probe mean Dice" in log

@@ -10,9 +10,10 @@ out in every fold) -> planning and preprocessing for the preset (see ``nnunetv2_
 ``nnUNetv2_predict`` -> ``benchmark.json`` (every number), ``benchmark.md``, ``dice.png`` and ``curves.png``.
 
 Seeds (``--seeds``) repeat every run on the same split; the report gives mean ± sd over seeds and each arm's paired
-difference to stock nnU-Net with a 95 % bootstrap interval over cases x seeds; arms that change one thing of another
-(pretrained, semi-supervised) are also paired with that arm, with the sd over seeds of the difference. ``--minutes`` (or a preset's own
-budget, e.g. ``cpu-long``) trains every arm for the same training time instead of the same iterations.
+difference to stock nnU-Net with a 95 % bootstrap interval over cases x seeds; arms that change one thing of
+another (pretrained, semi-supervised) are also paired with that arm, with the sd over seeds of the difference.
+``--minutes`` (or a preset's own budget, e.g. ``cpu-long``) trains every arm for the same training time instead of
+the same iterations.
 
 Nothing is lost on a crash: the JSON is rewritten after every run, and a second call with the same arguments skips
 finished runs and continues interrupted ones from nnU-Net's latest checkpoint (``--c``, after checking that the
