@@ -120,6 +120,11 @@ def paired_difference(mine: dict[str, dict], theirs: dict[str, dict], structures
             for s in names}
 
 
+def _label(seeds: dict[str, dict], arm: str) -> str:
+    """An arm's label as its runs record it (``arm`` if none does)."""
+    return next((r["label"] for r in seeds.values() if "label" in r), arm)
+
+
 def _pm(entry: dict) -> str:
     return f"{entry['mean']:.3f}" + (f" ± {entry['sd']:.3f}" if entry.get("sd") is not None else "")
 
@@ -130,15 +135,15 @@ def _twin_table(result: dict, budget: str, structures: list[str]) -> list[str]:
     entries = {arm: e["vs_twin"] for arm, e in result.get("summary", {}).get(budget, {}).items() if "vs_twin" in e}
     if not entries:
         return []
-    label = lambda arm: next((r["label"] for r in result["runs"][budget].get(arm, {}).values() if "label" in r), arm)
     lines = ["Paired differences (same split, seeds and schedule; per case and seed, [95 % bootstrap interval]; "
              "sd: over seeds of each seed's mean difference):", "",
              "| difference | " + " | ".join(structures) + " | mean Dice | sd over seeds | seeds |",
              "| --- |" + " --- |" * (len(structures) + 3)]
+    cell = lambda v: f"{v['mean']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}]"
+    runs = result["runs"][budget]
     for arm, d in entries.items():
-        cell = lambda v: f"{v['mean']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}]"
         sd = d["mean"]["seed_sd"]
-        lines.append(f"| {label(arm)} − {label(d['arm'])} | " + " | ".join(cell(d[s]) for s in structures)
+        lines.append(f"| {_label(runs[arm], arm)} − {_label(runs.get(d['arm'], {}), d['arm'])} | " + " | ".join(cell(d[s]) for s in structures)
                      + f" | **{cell(d['mean'])}** | {'—' if sd is None else f'{sd:.3f}'} | "
                        f"{', '.join(d['mean']['seeds'])} |")
     return lines + [""]
@@ -164,7 +169,7 @@ def markdown_report(result: dict) -> str:
                   "iterations | wall time |", "| --- |" + " --- |" * (len(structures) + 5)]
         failed = []
         for arm, seeds in arms.items():
-            label = next((r["label"] for r in seeds.values() if "label" in r), arm)
+            label = _label(seeds, arm)
             failed += [f"{label}, seed {seed}: {r['status']}" for seed, r in seeds.items()
                        if r.get("status") not in ("done", None)]
             entry = summary.get(budget, {}).get(arm)
@@ -211,7 +216,7 @@ def plot_dice(result: dict, out: Path) -> None:
         width = 0.8 / max(len(arms), 1)
         x = np.arange(len(structures))
         for i, (arm, entry) in enumerate(arms):
-            label = next(iter(result["runs"][budget][arm].values())).get("label", arm)
+            label = _label(result["runs"][budget][arm], arm)
             sd = [entry["dice"][s]["sd"] or 0 for s in structures]
             axes[0][col].bar(x + i * width, [entry["dice"][s]["mean"] for s in structures], width, yerr=sd,
                              capsize=2, label=label, color=f"C{i}")
