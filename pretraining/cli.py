@@ -2,6 +2,8 @@
 
     nnunetv2_xlstm_pretrain --preset cpu --output runs/pre \\
         --source $nnUNet_raw/Dataset801_ACDC:MRI --source $nnUNet_raw/Dataset802_LA:MRI --source /data/CT:CT
+    nnunetv2_xlstm_pretrain --preset cpu-hours --plans $nnUNet_preprocessed/Dataset801_ACDC/nnUNetPlansXLSTM.json \\
+        --exclude_patients patient002 patient019 ... --source $nnUNet_raw/Dataset801_ACDC:MRI --output runs/pre
     torchrun --nproc_per_node 2 -m nnunetv2_xlstm_pretraining.cli --config my.yaml --output runs/pre
 """
 
@@ -35,6 +37,12 @@ def pretrain_entry(argv: list[str] | None = None) -> None:
     p.add_argument("--preset", default=None, choices=sorted(PRESETS), help="start from a preset")
     p.add_argument("--source", action="append", default=[], help="PATH:MODALITY[:hu=auto|true|false], repeatable")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. steps=200")
+    p.add_argument("--plans", default=None, metavar="PLANS.json",
+                   help="pretrain in the fine-tuning geometry of these nnU-Net XLSTMUNet plans (network, spacing, patch)")
+    p.add_argument("-c", "--plans_configuration", default=None, help="the plans' configuration (3d_fullres)")
+    p.add_argument("--exclude_patients", nargs="+", default=None, metavar="ID",
+                   help="patients (or cases) kept out of the pool: the development and test patients of the runs "
+                        "that will score the encoder")
     p.add_argument("--resume", action="store_true", help="continue the run in --output from checkpoint_latest.pt")
     p.add_argument("--export_only", action="store_true",
                    help="only export the teacher's encoder of --output's latest checkpoint (a run stopped early)")
@@ -47,7 +55,10 @@ def pretrain_entry(argv: list[str] | None = None) -> None:
             print(f"exported encoder: {export_checkpoint(a.output)}")
             return
 
-        config = load_config(a.config, a.preset, a.set, [parse_source(s) for s in a.source])
+        shorthands = [f"{k}={v}" for k, v in (("plans", a.plans), ("plans_configuration", a.plans_configuration),
+                                              ("exclude_patients", a.exclude_patients and f"[{','.join(a.exclude_patients)}]"))
+                      if v]
+        config = load_config(a.config, a.preset, [*shorthands, *a.set], [parse_source(s) for s in a.source])
         print(describe(config), flush=True)
         result = pretrain(config, a.output, resume=a.resume, progress=not a.no_pbar)
     except InputError as e:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
+import numpy as np
 import yaml
 
 from nnunetv2_xlstm.env import InputError
@@ -66,6 +67,14 @@ class PretrainConfig:
     # distillation + MAE; no batch statistics, so it works at batch 4). "dino": DINO self-distillation of pooled
     # multi-crop embeddings, which needs batches of hundreds (docs/explanation.md)
     objective: Literal["masked_distillation", "dino"] = "masked_distillation"
+    # the fine-tuning geometry: an nnU-Net plans JSON of XLSTMUNet plans (and its configuration). When set, the
+    # network, target_spacing and the crop (global_crop_voxels = the patch, global_crop_mm = patch x spacing) come
+    # from it, and volumes are resampled with nnU-Net's own resampling (pretraining/geometry.py); "": isotropic
+    plans: str = ""
+    plans_configuration: str = "3d_fullres"
+    # patients (or cases) left out of every source: a benchmark's development and test patients, say; grouped into
+    # patients as nnunetv2_xlstm_split does (patientNNN_frameXX -> patientNNN). The export records the pool it saw
+    exclude_patients: list[str] = field(default_factory=list)
     target_spacing: list[float] = field(default_factory=lambda: [2.0, 2.0, 2.0])  # mm (z, y, x), every source
     ct_fraction: float = 0.5  # share of samples drawn from CT; the real pool is ~240 MRI vs 11 CT volumes
     foreground_fraction: float = 0.9  # a sample's anchor inside the body mask (Otsu), else anywhere
@@ -135,6 +144,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # about an hour on a 2-core CPU (measured: see docs/explanation.md)
     "cpu": {"steps": 1400, "batch_size": 4, "num_local_crops": 4, "save_every": 100, "warmup_steps": 40,
             "num_workers": 1},
+    # hours on a 2-core CPU in the fine-tuning geometry: give --set plans=... (and probe.dataset, its patients)
+    "cpu-hours": {"steps": 4000, "batch_size": 2, "warmup_steps": 200, "save_every": 50, "log_every": 10,
+                  "plot_every": 50, "keep_checkpoints": 1, "num_workers": 1, "ct_fraction": 0.1,
+                  "probe": {"every": 500, "seeds": [0, 1, 2], "steps": 200}},
     # the demo's tiny run on 40^3 phantoms at 3.6 mm (about a minute on 2 cores)
     "demo": {"steps": 60, "batch_size": 4, "num_local_crops": 4, "target_spacing": [3.6, 3.6, 3.6],
              "global_crop_mm": [96.0, 96.0, 96.0], "global_crop_voxels": [24, 24, 24],
@@ -203,10 +216,10 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     return cls(**{k: _convert(v, hints[k], f"{where}.{k}") for k, v in values.items()})
 
 
-def _merge(base: dict, update: dict) -> dict:
+def merge_dicts(base: dict, update: dict) -> dict:
     out = dict(base)
     for k, v in update.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge_dicts(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -224,7 +237,7 @@ def load_config(file: str | Path | None = None, preset: str | None = None, overr
     if preset is not None:
         if preset not in PRESETS:
             raise InputError(f"unknown preset {preset!r}: use one of {', '.join(PRESETS)}")
-        values = _merge(values, PRESETS[preset])
+        values = merge_dicts(values, PRESETS[preset])
     where = "config"
     if file is not None:
         path = Path(file)
@@ -237,7 +250,7 @@ def load_config(file: str | Path | None = None, preset: str | None = None, overr
             raise InputError(f"{path} is not valid YAML/JSON: {e}") from None
         if not isinstance(loaded, dict):
             raise InputError(f"{path} must hold a mapping of config keys, got {type(loaded).__name__}")
-        values = _merge(values, loaded)
+        values = merge_dicts(values, loaded)
     for item in overrides:
         if "=" not in item:
             raise InputError(f"--set {item!r}: use key=value, e.g. --set steps=200 or --set network.strides=[1,2,2]")
@@ -247,8 +260,20 @@ def load_config(file: str | Path | None = None, preset: str | None = None, overr
     if sources:
         values["sources"] = [*values.get("sources", []), *[dataclasses.asdict(s) for s in sources]]
     config = _build(PretrainConfig, values, where)
+    apply_plans_geometry(config)
     check_crops(config, where)
     return config
+
+
+def apply_plans_geometry(config: PretrainConfig) -> None:
+    """With ``plans``: the target spacing and the crop become the plans configuration's spacing and patch size."""
+    from nnunetv2_xlstm_pretraining.geometry import plans_geometry
+
+    geometry = plans_geometry(config)
+    if geometry is not None:
+        config.target_spacing = geometry.spacing
+        config.global_crop_voxels = geometry.patch_size
+        config.global_crop_mm = [p * s for p, s in zip(geometry.patch_size, geometry.spacing)]
 
 
 def check_crops(config: PretrainConfig, where: str = "config") -> None:
@@ -265,15 +290,17 @@ def check_crops(config: PretrainConfig, where: str = "config") -> None:
     if not 0 < config.teacher_momentum <= config.teacher_momentum_end <= 1:
         raise InputError(f"{where}: need 0 < teacher_momentum ({config.teacher_momentum}) <= teacher_momentum_end "
                          f"({config.teacher_momentum_end}) <= 1")
-    stride = 1
-    for s in config.network.strides:
-        stride *= s
-    for name in ("global_crop_voxels", "local_crop_voxels"):
+    from nnunetv2_xlstm_pretraining.geometry import architecture, total_strides
+
+    strides = total_strides(architecture(config))
+    crops = ["global_crop_voxels"] + (["local_crop_voxels"] if config.objective == "dino" or not config.plans else [])
+    for name in crops:
         crop = getattr(config, name)
-        if any(c % stride or c // stride < 2 for c in crop):
+        if len(crop) != 3 or any(c % s or c // s < 2 for c, s in zip(crop, strides)):
+            stride = strides[0] if len(set(strides)) == 1 else strides
             raise InputError(f"{where}: {name} {crop} must be multiples of the encoder's total stride {stride} and at "
-                             f"least {2 * stride} voxels (a bottleneck of 2 or more per axis); e.g. "
-                             f"{[max(2 * stride, c // stride * stride) for c in crop]}")
+                             f"least {2 * np.asarray(stride)} voxels (a bottleneck of 2 or more per axis); e.g. "
+                             f"{[max(2 * s, c // s * s) for c, s in zip(crop, strides)]}")
 
 
 def mask_range(config: PretrainConfig) -> tuple[float, float]:

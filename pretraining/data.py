@@ -13,7 +13,9 @@ from tqdm import tqdm
 
 from nnunetv2_xlstm.env import InputError
 from nnunetv2_xlstm.imageio import read_image
+from nnunetv2_xlstm.leakage import case_id, patients_of
 from nnunetv2_xlstm_pretraining.config import PretrainConfig, SourceConfig
+from nnunetv2_xlstm_pretraining.geometry import PlansGeometry, plans_geometry
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".mnc", ".img")
 
@@ -40,7 +42,8 @@ class Volume:
 
 
 def list_source_files(source: SourceConfig) -> list[Path]:
-    """The image files of a source: an nnU-Net raw data set (channel-0 images of imagesTr/imagesTs), a folder
+    """The image files of a source: an nnU-Net raw data set (channel-0 images of imagesTr; its imagesTs only when
+    named as a folder source of its own, since test images stay out of a pool unless asked for), a folder
     (searched recursively), a single image, or a ``.txt`` list of image paths, one per line (relative ones from the
     list's folder), such as ``nnunetv2_xlstm_split``'s ``unlabelled_fold0.txt``."""
     root = Path(source.path)
@@ -56,8 +59,12 @@ def list_source_files(source: SourceConfig) -> list[Path]:
     if root.is_file():
         return [root]
     if (root / "dataset.json").is_file():
-        ending = json.loads((root / "dataset.json").read_text()).get("file_ending", ".nii.gz")
-        files = sorted(f for sub in ("imagesTr", "imagesTs") for f in (root / sub).glob(f"*_0000{ending}"))
+        try:
+            ending = json.loads((root / "dataset.json").read_text()).get("file_ending", ".nii.gz")
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise InputError(f"{root / 'dataset.json'} is not JSON ({e}): fix it, or give the images folder "
+                             f"{root / 'imagesTr'} as the source instead") from None
+        files = sorted((root / "imagesTr").glob(f"*_0000{ending}"))
     else:
         files = sorted(f for f in root.rglob("*") if f.is_file() and f.name.lower().endswith(IMAGE_SUFFIXES))
     if not files:
@@ -66,11 +73,9 @@ def list_source_files(source: SourceConfig) -> list[Path]:
     return files
 
 
-def read_resampled(path: Path, target_spacing: list[float]) -> np.ndarray:
-    """Read a 3D single-channel image and resample it (linear) to ``target_spacing`` (z, y, x) mm; float32 array.
-
-    Raises :class:`InputError` naming the file for unreadable, non-3D or multi-channel images and NaN/Inf voxels.
-    """
+def read_checked(path: Path) -> sitk.Image:
+    """Read a 3D single-channel image; :class:`InputError` naming the file for unreadable, non-3D or multi-channel
+    images and NaN/Inf voxels."""
     image = read_image(path, "Convert it to NIfTI or remove it from the source.")
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{path} is a {image.GetDimension()}D image with {image.GetNumberOfComponentsPerPixel()} "
@@ -79,11 +84,39 @@ def read_resampled(path: Path, target_spacing: list[float]) -> np.ndarray:
     bad = int(np.size(array) - np.isfinite(array).sum())
     if bad:
         raise InputError(f"{path} has {bad} NaN/Inf voxels; fix the file or remove it from the source")
+    return image
+
+
+def read_resampled(path: Path, target_spacing: list[float]) -> np.ndarray:
+    """Read a checked image (:func:`read_checked`) and resample it (linear) to ``target_spacing`` (z, y, x) mm;
+    float32 array."""
+    image = read_checked(path)
     spacing_xyz = [float(s) for s in reversed(target_spacing)]
     size = [max(1, round(n * s / t)) for n, s, t in zip(image.GetSize(), image.GetSpacing(), spacing_xyz)]
     resampled = sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), size, sitk.Transform(), sitk.sitkLinear,
                               image.GetOrigin(), spacing_xyz, image.GetDirection(), 0.0, sitk.sitkFloat32)
     return sitk.GetArrayFromImage(resampled)
+
+
+def read_like_plans(path: Path, geometry: PlansGeometry, resample) -> np.ndarray:
+    """Read a checked image as nnU-Net's preprocessing of ``geometry``'s plans does: axes transposed by
+    ``transpose_forward``, resampled to the configuration's spacing with its own resampling function ``resample``
+    (:meth:`PlansGeometry.resampler`); float32 array."""
+    from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
+
+    image = read_checked(path)
+    order = geometry.transpose_forward
+    array = sitk.GetArrayFromImage(image).astype(np.float32).transpose(order)
+    spacing = [list(reversed(image.GetSpacing()))[i] for i in order]
+    shape = compute_new_shape(array.shape, spacing, geometry.spacing)
+    return np.asarray(resample(array[None], shape, spacing, geometry.spacing)[0], dtype=np.float32)
+
+
+def pad_to(image: np.ndarray, shape: list[int]) -> np.ndarray:
+    """``image`` padded with zeros (the normalised mean) on both sides of every axis shorter than ``shape``, as
+    nnU-Net's data loader pads patches larger than a case."""
+    pad = [(max(0, n - s) // 2, max(0, n - s) - max(0, n - s) // 2) for s, n in zip(image.shape, shape)]
+    return np.pad(image, pad) if any(sum(p) for p in pad) else image
 
 
 def looks_like_hu(image: np.ndarray) -> bool:
@@ -123,19 +156,35 @@ def min_crop_mm(config: PretrainConfig) -> np.ndarray:
     return np.asarray(config.global_crop_mm) * config.global_scale[0]
 
 
-def load_pool(config: PretrainConfig, progress: bool = True) -> list[Volume]:
-    """Read every source into memory, checked, resampled and normalised per modality (see module docstring)."""
+def pool_files(config: PretrainConfig) -> list[tuple[SourceConfig, list[Path]]]:
+    """Each source with its image files, the cases of ``exclude_patients`` left out; :class:`InputError` for a
+    source left empty or a pool without sources."""
     if not config.sources:
         raise InputError("no sources: add at least one under 'sources' in the config, or pass --source PATH:MODALITY")
-    spacing = np.asarray(config.target_spacing)
-    pool: list[Volume] = []
+    excluded = set(config.exclude_patients)
+    out = []
     for source in config.sources:
         files = list_source_files(source)
-        images = [read_resampled(f, config.target_spacing)
-                  for f in tqdm(files, desc=f"reading {Path(source.path).name} ({source.modality})",
-                                disable=not progress)]
+        kept = [f for f in files if not (patients_of([case_id(f)]) | {case_id(f)}) & excluded]
+        if not kept:
+            raise InputError(f"source {source.path}: every image is in exclude_patients; remove the source")
+        out.append((source, kept))
+    return out
+
+
+def load_pool(config: PretrainConfig, progress: bool = True) -> list[Volume]:
+    """Read every source into memory, checked, resampled and normalised per modality (see module docstring). With
+    ``plans``, in the plans' geometry (:func:`read_like_plans`), and padded to at least the patch size."""
+    spacing = np.asarray(config.target_spacing)
+    geometry = plans_geometry(config)
+    resample = geometry.resampler() if geometry is not None else None
+    pool: list[Volume] = []
+    for source, files in pool_files(config):
+        desc = f"reading {Path(source.path).name} ({source.modality})"
+        images = [read_like_plans(f, geometry, resample) if geometry else read_resampled(f, config.target_spacing)
+                  for f in tqdm(files, desc=desc, disable=not progress)]
         for f, im in zip(files, images):
-            if np.any(np.asarray(im.shape) * spacing < min_crop_mm(config)):
+            if geometry is None and np.any(np.asarray(im.shape) * spacing < min_crop_mm(config)):
                 raise InputError(
                     f"{f} is {np.round(np.asarray(im.shape) * spacing, 1).tolist()} mm at the target spacing, smaller "
                     f"than the smallest global crop {min_crop_mm(config).round(1).tolist()} mm: lower global_crop_mm "
@@ -145,6 +194,8 @@ def load_pool(config: PretrainConfig, progress: bool = True) -> list[Volume]:
         stats = ct_statistics([im for im, h in zip(images, hu) if h]) if any(hu) else None
         for f, im, h in zip(files, images, hu):
             image = normalise_ct(im, stats) if h else zscore(im)
+            if geometry is not None:
+                image = pad_to(image, config.global_crop_voxels)
             pool.append(Volume(str(f), source.modality, "ct_hu" if h else "zscore", image, foreground_voxels(image)))
     return pool
 

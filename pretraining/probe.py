@@ -31,6 +31,7 @@ from tqdm import tqdm
 from nnunetv2_xlstm.atomic import atomic_write, atomic_write_text
 from nnunetv2_xlstm.checkpoints import load_encoder_into, load_exported_encoder
 from nnunetv2_xlstm.env import InputError, require_env
+from nnunetv2_xlstm.leakage import check_no_leak
 from nnunetv2_xlstm.precision import bf16_autocast, bf16_decision
 from nnunetv2_xlstm.splits import DEFAULT_GROUP_PATTERN, group_patients
 from nnunetv2_xlstm_pretraining.model import build_xlstm_unet
@@ -318,18 +319,23 @@ def probe_entry(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=300, help="head training steps per seed (300)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--output", type=Path, default=Path("probe"), help="folder for probe.json and probe.md")
+    p.add_argument("--transductive", action="store_true",
+                   help="allow an encoder pretrained on images of the scored patients (reported as such)")
     a = p.parse_args(argv)
     try:
         if a.steps < 1 or not a.seeds or len(set(a.seeds)) != len(a.seeds) or min(a.seeds) < 0:
             raise InputError("--steps must be >= 1 and --seeds distinct integers >= 0")
-        load_exported_encoder(a.encoder)  # refuse a bad file before reading any data
+        _, plan = load_exported_encoder(a.encoder)  # refuse a bad file before reading any data
+        note = check_no_leak(plan, a.val_patients, a.encoder, "development", a.transductive, a.group_pattern)
+        if note:
+            print(f"WARNING: {note}", flush=True)
         data = load_probe_data(a.d, a.p, a.c, a.train_patients, a.val_patients, a.group_pattern)
         print(f"precision: {bf16_decision(a.device)[1]}", flush=True)
         t0 = time.perf_counter()
         result = probe_encoder(a.encoder, data, a.seeds, a.steps, a.device, progress=True)
         result.update(encoder=str(a.encoder), dataset=a.d, plans=a.p, configuration=a.c,
-                      seconds=time.perf_counter() - t0)
-        text = probe_markdown(result, f"{a.encoder} on {a.d} ({a.p}, {a.c})")
+                      seconds=time.perf_counter() - t0, leakage=note)
+        text = probe_markdown(result, f"{a.encoder} on {a.d} ({a.p}, {a.c})") + (f"\n**{note}**\n" if note else "")
         atomic_write_text(a.output / "probe.json", json.dumps(result, indent=1))
         atomic_write_text(a.output / "probe.md", text)
     except InputError as e:

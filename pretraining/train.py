@@ -22,8 +22,10 @@ from nnunetv2_xlstm.checkpoints import atomic_torch_save, safe_load, save_export
 from nnunetv2_xlstm.env import InputError
 from nnunetv2_xlstm.precision import bf16_autocast, bf16_decision
 from nnunetv2_xlstm_pretraining import distributed as D
-from nnunetv2_xlstm_pretraining.config import PretrainConfig, config_to_dict, mask_range
-from nnunetv2_xlstm_pretraining.data import load_pool
+from nnunetv2_xlstm_pretraining.config import PretrainConfig, merge_dicts, config_to_dict, mask_range
+from nnunetv2_xlstm.leakage import check_no_leak, pool_record
+from nnunetv2_xlstm_pretraining.data import load_pool, pool_files
+from nnunetv2_xlstm_pretraining.geometry import architecture, plans_geometry
 from nnunetv2_xlstm_pretraining.ema import ema_update, teacher_momentum
 from nnunetv2_xlstm_pretraining.ibot_loss import IBOTPatchLoss
 from nnunetv2_xlstm_pretraining.koleo_loss import koleo_loss
@@ -32,7 +34,6 @@ from nnunetv2_xlstm_pretraining.model import (
     ARCH_CLASS_NAME,
     ARCH_KWARGS_REQUIRING_IMPORT,
     StudentTeacherNet,
-    xlstm_unet_kwargs,
 )
 from nnunetv2_xlstm_pretraining.plot import plot_history
 from nnunetv2_xlstm_pretraining.views import MultiCropDataset, token_grid
@@ -43,11 +44,12 @@ EXPORT = "encoder_export.pt"
 log = logging.getLogger("nnunetv2_xlstm_pretraining")
 
 
-def adaptation_plan(config: PretrainConfig) -> dict:
+def adaptation_plan(config: PretrainConfig, pool: dict | None = None) -> dict:
     """What fine-tuning needs to rebuild and feed the encoder (nnssl's adaptation-plan layout); stored in every
-    checkpoint and compared before a resumed run starts."""
+    checkpoint and compared before a resumed run starts. ``pool``: the :func:`pool_record` of the images it saw."""
+    geometry = plans_geometry(config)
     return {
-        "architecture_plans": {"arch_class_name": ARCH_CLASS_NAME, "arch_kwargs": xlstm_unet_kwargs(config.network),
+        "architecture_plans": {"arch_class_name": ARCH_CLASS_NAME, "arch_kwargs": architecture(config),
                                "arch_kwargs_requiring_import": ARCH_KWARGS_REQUIRING_IMPORT},
         "pretrain_num_input_channels": 1,
         "recommended_downstream_patchsize": list(config.global_crop_voxels),
@@ -60,6 +62,11 @@ def adaptation_plan(config: PretrainConfig) -> dict:
                               "CT (not HU)": "ZScoreNormalization per volume", "MRI": "ZScoreNormalization per volume"},
             "modalities": sorted({s.modality for s in config.sources}),
             "config": config_to_dict(config),
+            # the fine-tuning geometry pretraining ran in (None: isotropic): planning like the encoder adopts it
+            "geometry": geometry.record() if geometry is not None else None,
+            # every image of the pool (case ids, files, a hash): fine-tuning, the probe and the benchmark refuse to
+            # score a patient pretraining has seen
+            "pool": pool,
         },
     }
 
@@ -134,9 +141,9 @@ def setup_run(config: PretrainConfig, output: Path, resume: bool) -> tuple[torch
     if device.type == "cuda":
         device = torch.device("cuda", D.rank() % torch.cuda.device_count())
         torch.cuda.set_device(device)
+    plan = adaptation_plan(config, pool_record([f for _, files in pool_files(config) for f in files]))  # sources checked
     output.mkdir(parents=True, exist_ok=True)
     _setup_logging(output)
-    plan = adaptation_plan(config)
     checkpoint = safe_load(output / LATEST) if resume else None
     if resume:
         _check_resume(checkpoint, plan, config, output / LATEST)
@@ -159,6 +166,9 @@ def start_probe(config: PretrainConfig, plan: dict, output: Path, device: torch.
         return None
     from nnunetv2_xlstm_pretraining.probe import PretrainingProbe
 
+    note = check_no_leak(plan, config.probe.val_patients, output / "config.json", "probe validation")
+    if note:
+        log.warning(note)
     probe = PretrainingProbe(config.probe, plan["architecture_plans"]["arch_kwargs"], output, device)
     log.info(f"probe: random init {probe.history['random']['mean']['mean']:.3f} mean Dice")
     return probe
@@ -197,12 +207,19 @@ def _check_resume(checkpoint: dict, plan: dict, config: PretrainConfig, path: Pa
     """Refuse to resume from a file that is not ours, or that another config or adaptation plan wrote."""
     if checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"{path} is not a pretraining checkpoint of this package (format {checkpoint.get('format')!r})")
-    for what, old, new in (("config", checkpoint["config"], config_to_dict(config)),
-                           ("adaptation plan", checkpoint["adaptation_plan"], plan)):
+    # settings added to the package after the checkpoint was written count as their defaults
+    written = merge_dicts(config_to_dict(PretrainConfig()), checkpoint["config"])
+    for what, old, new in (("config", written, config_to_dict(config)),
+                           ("adaptation plan", _without_config(checkpoint["adaptation_plan"]), _without_config(plan))):
         if old != new:
             differ = ", ".join(sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)))
             raise InputError(f"{path} was written with a different {what} ({differ} differ); resume with the same "
                              f"config (see {path.parent / 'config.json'}) or start a new --output")
+
+
+def _without_config(plan: dict) -> dict:
+    """The adaptation plan without its copy of the config (compared on its own, with defaults for new settings)."""
+    return {**plan, "pretrain_plan": {k: v for k, v in plan["pretrain_plan"].items() if k != "config"}}
 
 
 def pretrain(config: PretrainConfig, output: str | Path, resume: bool = False, progress: bool = True) -> dict:

@@ -24,17 +24,37 @@ from torch.nn import functional as F
 
 from nnunetv2_xlstm_pretraining.config import PretrainConfig, mask_range
 from nnunetv2_xlstm_pretraining.data import Volume, sample_anchor, sample_crop_box, sample_volume
+from nnunetv2_xlstm_pretraining.geometry import architecture, total_strides
 
 
-def view_augmentation(view_shape: list[int], strong: bool) -> ComposeTransforms:
+ANISOTROPY = 3.0  # nnU-Net's threshold: a coarsest axis this many times the finest is treated slice by slice
+
+
+class InPlaneAngle:
+    """A rotation angle about the first (slice) axis only, as nnU-Net augments anisotropic data in plane."""
+
+    def __init__(self, low: float, high: float) -> None:
+        self.low, self.high = low, high
+
+    def __call__(self, image: torch.Tensor, dim: int) -> float:
+        return float(np.random.uniform(self.low, self.high)) if dim == 0 else 0.0
+
+
+def is_anisotropic(spacing: list[float]) -> bool:
+    return max(spacing) / min(spacing) >= ANISOTROPY
+
+
+def view_augmentation(view_shape: list[int], strong: bool, in_plane: bool = False) -> ComposeTransforms:
     """Spatial (rotation, scaling), intensity (brightness, contrast, gamma), noise, blur and mirroring.
 
     ``strong`` (DINO's asymmetric views: local crops and the second global crop) raises the blur and noise odds.
+    ``in_plane`` rotates about the slice axis only (anisotropic grids).
     """
     p_blur, p_noise = (0.5, 0.3) if strong else (0.1, 0.1)
+    rotation = InPlaneAngle(-0.52, 0.52) if in_plane else (-0.52, 0.52)
     return ComposeTransforms([
         SpatialTransform(view_shape, patch_center_dist_from_border=0, random_crop=False, p_elastic_deform=0,
-                         p_rotation=0.3, rotation=(-0.52, 0.52), p_scaling=0.3, scaling=(0.8, 1.25),
+                         p_rotation=0.3, rotation=rotation, p_scaling=0.3, scaling=(0.8, 1.25),
                          p_synchronize_scaling_across_axes=1),
         RandomTransform(GaussianNoiseTransform(noise_variance=(0, 0.1), p_per_channel=1, synchronize_channels=True),
                         apply_probability=p_noise),
@@ -49,6 +69,11 @@ def view_augmentation(view_shape: list[int], strong: bool) -> ComposeTransforms:
                                        p_per_channel=1, p_retain_stats=1), apply_probability=0.3),
         MirrorTransform(allowed_axes=(0, 1, 2)),
     ])
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """The seed of one step's batch on one process: independent of workers and of what came before."""
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
 
 
 @contextmanager
@@ -72,9 +97,8 @@ def extract_view(volume: Volume, start: np.ndarray, size: np.ndarray, shape: lis
 
 
 def token_grid(config: PretrainConfig) -> list[int]:
-    """The bottleneck token grid of a global view: crop voxels divided by the product of the encoder strides."""
-    total = int(np.prod(config.network.strides))
-    return [v // total for v in config.global_crop_voxels]
+    """The bottleneck token grid of a global view: crop voxels divided by the encoder's total stride per axis."""
+    return [v // s for v, s in zip(config.global_crop_voxels, total_strides(architecture(config)))]
 
 
 class MultiCropDataset(torch.utils.data.Dataset):
@@ -119,7 +143,7 @@ class MultiCropDataset(torch.utils.data.Dataset):
         return torch.from_numpy(masks)
 
     def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
-        seed = int(np.random.SeedSequence([self.config.seed, self.rank, step]).generate_state(1)[0])
+        seed = step_seed(self.config.seed, self.rank, step)
         rng = np.random.default_rng(seed)
         g, l, masks, modalities = [], [], [], []
         with seeded(seed):
@@ -148,16 +172,25 @@ def expand_mask(mask: torch.Tensor, size: tuple[int, ...] | torch.Size) -> torch
     return F.interpolate(mask[:, None].float(), size=tuple(size), mode="nearest")
 
 
-class MaskedViewDataset(MultiCropDataset):
+class MaskedViewDataset(torch.utils.data.Dataset):
     """Item ``step``: ``(views (B, 1, *G), masks (B, *grid) bool, modalities list[str])``: one augmented crop per
     volume (``global_crop_mm`` x ``global_scale`` resampled to ``global_crop_voxels``) and its block mask. Teacher
     and student get the same crop; the student's copy is masked. Seeded per step as :class:`MultiCropDataset`."""
 
+    def __init__(self, pool: list[Volume], config: PretrainConfig, rank: int = 0) -> None:
+        self.pool, self.config, self.rank = pool, config, rank
+        self.spacing = np.asarray(config.target_spacing)
+        self.grid = token_grid(config)
+        self.augment = view_augmentation(config.global_crop_voxels, strong=False,
+                                         in_plane=is_anisotropic(config.target_spacing))
+
+    def __len__(self) -> int:
+        return self.config.steps
+
     def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         c = self.config
-        seed = int(np.random.SeedSequence([c.seed, self.rank, step]).generate_state(1)[0])
+        seed = step_seed(c.seed, self.rank, step)
         rng = np.random.default_rng(seed)
-        ratio = mask_range(c)
         crop_mm = np.asarray(c.global_crop_mm)
         views, masks, modalities = [], [], []
         with seeded(seed):
@@ -166,7 +199,7 @@ class MaskedViewDataset(MultiCropDataset):
                 anchor = sample_anchor(volume, rng, c.foreground_fraction)
                 start, size = sample_crop_box(volume, rng, crop_mm, tuple(c.global_scale), self.spacing, anchor,
                                               0.25 * crop_mm.min())
-                views.append(self.global_aug(image=extract_view(volume, start, size, c.global_crop_voxels))["image"])
-                masks.append(torch.from_numpy(block_mask(token_grid(c), tuple(ratio), rng)))
+                views.append(self.augment(image=extract_view(volume, start, size, c.global_crop_voxels))["image"])
+                masks.append(torch.from_numpy(block_mask(self.grid, mask_range(c), rng)))
                 modalities.append(volume.modality)
         return torch.stack(views), torch.stack(masks), modalities

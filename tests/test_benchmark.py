@@ -17,7 +17,7 @@ from nnunetv2_xlstm.benchmark.arms import (
     without_mlstm,
 )
 from nnunetv2_xlstm.benchmark.presets import PRESETS, scaled_spacing
-from nnunetv2_xlstm.benchmark.report import (bootstrap_ci, curve_from_checkpoint, markdown_report, speed_from_curve,
+from nnunetv2_xlstm.benchmark.report import (bootstrap_ci, clustered_bootstrap_ci, paired_difference, curve_from_checkpoint, markdown_report, speed_from_curve,
                                               summarise)
 from nnunetv2_xlstm.benchmark.run_benchmark import check_minutes, check_seeds, results_folder
 from nnunetv2_xlstm.demo.phantoms import PhantomGeometry, write_phantom_dataset
@@ -152,6 +152,36 @@ def test_bootstrap_interval_against_hand_computed_cases() -> None:
     assert np.isnan(bootstrap_ci([float("nan")])[0])
 
 
+def test_clustered_bootstrap_against_hand_computed_cases() -> None:
+    # patient A contributes two values 0, patient B one value 1: the mean over values is 1/3; resampling 2 patients
+    # gives AA -> 0, AB or BA -> 1/3, BB -> 1 with probabilities 1/4, 1/2, 1/4, so the 95 % interval is [0, 1]
+    mean, low, high, n = clustered_bootstrap_ci({"A": [0.0, 0.0], "B": [1.0]})
+    assert (mean, low, high, n) == (pytest.approx(1 / 3), 0.0, 1.0, 2)
+    # equal-sized patients: exactly the bootstrap of the patient means, however many values each patient repeats
+    rng = np.random.default_rng(3)
+    patient_means = rng.normal(0.05, 0.1, 10)
+    clusters = {f"p{i}": [m] * 4 for i, m in enumerate(patient_means)}  # 2 frames x 2 seeds, all alike
+    assert clustered_bootstrap_ci(clusters)[:3] == pytest.approx(bootstrap_ci(patient_means))
+    # treating those 40 values as independent narrows the interval by about sqrt(4)
+    _, low_naive, high_naive = bootstrap_ci([v for vs in clusters.values() for v in vs])
+    _, low, high, _ = clustered_bootstrap_ci(clusters)
+    assert (high - low) / (high_naive - low_naive) == pytest.approx(2.0, rel=0.25)
+    assert clustered_bootstrap_ci({"A": [float("nan")]})[3] == 0
+
+
+def test_paired_difference_resamples_patients_with_their_frames_and_seeds() -> None:
+    def run(values: dict[str, float]) -> dict:
+        return {"status": "done", "per_case": {c: {"RV": {"Dice": v}} for c, v in values.items()}}
+
+    cases = ["patient001_frame01", "patient001_frame02", "patient002_frame01", "patient002_frame02"]
+    mine = {"0": run(dict(zip(cases, [0.5, 0.5, 0.9, 0.9]))), "1": run(dict(zip(cases, [0.5, 0.5, 0.9, 0.9])))}
+    theirs = {"0": run(dict(zip(cases, [0.4, 0.4, 0.9, 0.9]))), "1": run(dict(zip(cases, [0.4, 0.4, 0.9, 0.9])))}
+    d = paired_difference(mine, theirs, ["RV"])["RV"]
+    assert d["pairs"] == 8 and d["patients"] == 2 and d["per_seed"] == pytest.approx([0.05, 0.05])
+    # resampling 2 patients: both patient001 -> +0.1, mixed -> +0.05, both patient002 -> 0
+    assert (d["mean"], d["low"], d["high"]) == pytest.approx((0.05, 0.0, 0.1))
+
+
 def _run(dice: dict[str, list[float]], iterations: int = 100) -> dict:
     """A finished run with per-case Dice ``{structure: [case values]}``."""
     cases = len(next(iter(dice.values())))
@@ -175,7 +205,8 @@ def test_summary_over_seeds_pairs_cases_with_stock() -> None:
     # every (case, seed) pair is 0.1 better -> the interval collapses on +0.1
     delta = xlstm["vs_stock"]["mean"]
     assert delta.pop("seeds") == ["0", "1"] and delta.pop("seed_sd") == pytest.approx(0)
-    assert delta == pytest.approx({"mean": 0.1, "low": 0.1, "high": 0.1, "pairs": 4})
+    assert delta.pop("per_seed") == pytest.approx([0.1, 0.1])
+    assert delta == pytest.approx({"mean": 0.1, "low": 0.1, "high": 0.1, "pairs": 4, "patients": 2})
     one_seed = summarise({"3": {"stock": {"0": _run({"RV": [0.5]})}}}, ["RV"])["3"]["stock"]
     assert one_seed["dice"]["RV"]["sd"] is None
 
@@ -189,7 +220,8 @@ def test_pretrained_arm_is_paired_with_its_scratch_twin() -> None:
     assert twin["arm"] == "xlstm" and twin["RV"]["seeds"] == ["0", "1"] and twin["RV"]["pairs"] == 4
     assert twin["RV"]["mean"] == pytest.approx(0.2)  # seed 0: +0.1 per case, seed 1: +0.3 per case
     assert twin["RV"]["seed_sd"] == pytest.approx(float(np.std([0.1, 0.3], ddof=1)))
-    assert twin["RV"]["low"] == pytest.approx(0.1) and twin["RV"]["high"] == pytest.approx(0.3)
+    # each patient's seeds move together: both patients differ by +0.1 and +0.3, so every resample's mean is 0.2
+    assert twin["RV"]["low"] == pytest.approx(0.2) and twin["RV"]["high"] == pytest.approx(0.2)
     assert twin["mean"]["mean"] == pytest.approx(0.2)
 
 
@@ -211,7 +243,7 @@ def test_markdown_report_has_mean_sd_interval_and_failures() -> None:
     assert "Paired differences" not in text  # no arm with a twin
     twins = {"3": {"xlstm": runs["3"]["stock"], "xlstm_pretrained": runs["3"]["xlstm"]}}
     text = markdown_report({**result, "runs": twins, "summary": summarise(twins, ["RV", "LV"])})
-    assert ("| L − L | +0.200 [+0.200, +0.200] | +0.000 [+0.000, +0.000] | **+0.100 [+0.100, +0.100]** | — | 0 |"
+    assert ("| L − L | +0.200 [+0.200, +0.200] | +0.000 [+0.000, +0.000] | **+0.100 [+0.100, +0.100]** | +0.100 | — | 2 | 0 |"
             in text)
     del result["speed"]  # a benchmark still running: its tables so far, no speed yet
     assert "## Speed" not in markdown_report(result)

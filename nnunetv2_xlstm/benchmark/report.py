@@ -10,6 +10,7 @@ import numpy as np
 
 from nnunetv2_xlstm.atomic import atomic_write
 from nnunetv2_xlstm.checkpoints import load_nnunet_checkpoint
+from nnunetv2_xlstm.splits import DEFAULT_GROUP_PATTERN, group_patients
 
 STOCK = "stock"  # the arm every other arm's paired difference refers to
 # arms that change one thing of another arm, and that arm: their paired difference is reported as well
@@ -61,6 +62,26 @@ def bootstrap_ci(values: np.ndarray | list[float], resamples: int = 10_000, leve
     return float(values.mean()), float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
 
 
+def clustered_bootstrap_ci(clusters: dict[str, list[float]], resamples: int = 10_000, level: float = 0.95,
+                           seed: int = 0) -> tuple[float, float, float, int]:
+    """``(mean, low, high, n_clusters)``: the mean of all values and its percentile bootstrap interval when whole
+    clusters (patients: both frames and every seed) are resampled with replacement: each resample draws as many
+    clusters as there are and takes the mean of all their values. NaN values are dropped (a cluster left empty
+    too). With clusters of one value each this is :func:`bootstrap_ci`."""
+    kept = [np.asarray(v, dtype=float) for v in clusters.values()]
+    kept = [v[~np.isnan(v)] for v in kept]
+    kept = [v for v in kept if v.size]
+    if not kept:
+        return float("nan"), float("nan"), float("nan"), 0
+    sums, counts = np.array([v.sum() for v in kept]), np.array([v.size for v in kept], dtype=float)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(kept), (resamples, len(kept)))
+    means = sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
+    tail = 100 * (1 - level) / 2
+    return (float(sums.sum() / counts.sum()), float(np.percentile(means, tail)),
+            float(np.percentile(means, 100 - tail)), len(kept))
+
+
 def _case_dice(run: dict, structures: list[str]) -> dict[str, dict[str, float]]:
     """``{case: {structure: Dice, "mean": mean over structures}}`` of a finished run."""
     out = {}
@@ -71,7 +92,8 @@ def _case_dice(run: dict, structures: list[str]) -> dict[str, dict[str, float]]:
     return out
 
 
-def summarise(runs: dict[str, dict[str, dict[str, dict]]], structures: list[str]) -> dict:
+def summarise(runs: dict[str, dict[str, dict[str, dict]]], structures: list[str],
+              group_pattern: str = DEFAULT_GROUP_PATTERN) -> dict:
     """Per budget and arm, over its finished seeds: Dice mean ± sd per structure (the sd over seeds of each seed's
     mean over cases; None with one seed), the iterations reached, and the paired difference
     (:func:`paired_difference`) to the stock arm (``vs_stock``) and, for the arms in :data:`TWINS`, to their twin
@@ -92,32 +114,40 @@ def summarise(runs: dict[str, dict[str, dict[str, dict]]], structures: list[str]
                      "hd95_mean": float(np.mean([r["hd95"]["mean"] for r in seeds.values()])),
                      "wall_minutes": float(np.mean([r.get("wall_seconds", 0) / 60 for r in seeds.values()]))}
             if arm != STOCK and set(seeds) & set(done.get(STOCK, {})):
-                entry["vs_stock"] = paired_difference(seeds, done[STOCK], structures)
+                entry["vs_stock"] = paired_difference(seeds, done[STOCK], structures, group_pattern)
             twin = TWINS.get(arm)
             if twin and set(seeds) & set(done.get(twin, {})):
-                entry["vs_twin"] = {"arm": twin, **paired_difference(seeds, done[twin], structures)}
+                entry["vs_twin"] = {"arm": twin, **paired_difference(seeds, done[twin], structures, group_pattern)}
             out.setdefault(budget, {})[arm] = entry
     return out
 
 
-def paired_difference(mine: dict[str, dict], theirs: dict[str, dict], structures: list[str]) -> dict:
+def paired_difference(mine: dict[str, dict], theirs: dict[str, dict], structures: list[str],
+                      group_pattern: str = DEFAULT_GROUP_PATTERN) -> dict:
     """Per structure and for the mean over structures: the mean difference ``mine - theirs`` over the pairs (case,
-    seed) of the seeds both finished, its 95 % bootstrap interval, the number of pairs, the seeds, and the sd over
-    seeds of each seed's mean difference (``seed_sd``; None with one seed)."""
+    seed) of the seeds both finished and its 95 % bootstrap interval over **patients** (a patient's cases, e.g. ACDC's
+    two frames, and all its seeds are resampled together: :func:`clustered_bootstrap_ci`; patients from the cases by
+    ``group_pattern``, as the split groups them), the numbers of pairs and patients, the seeds, each seed's mean
+    difference (``per_seed``) and their sd (``seed_sd``; None with one seed)."""
     names = [*structures, "mean"]
     common = sorted(set(mine) & set(theirs), key=int)
-    diffs: dict[str, list[float]] = {s: [] for s in names}
+    by_patient: dict[str, dict[str, list[float]]] = {s: {} for s in names}
     per_seed: dict[str, list[float]] = {s: [] for s in names}
     for seed in common:
         a, b = _case_dice(mine[seed], structures), _case_dice(theirs[seed], structures)
-        cases = sorted(set(a) & set(b))
+        for patient, cases in group_patients(sorted(set(a) & set(b)), group_pattern).items():
+            for s in names:
+                by_patient[s].setdefault(patient, []).extend(a[c][s] - b[c][s] for c in cases)
         for s in names:
-            d = [a[case][s] - b[case][s] for case in cases]
-            diffs[s] += d
+            d = [a[c][s] - b[c][s] for c in sorted(set(a) & set(b))]
             per_seed[s].append(float(np.nanmean(d)) if d else float("nan"))
-    return {s: {**dict(zip(("mean", "low", "high"), bootstrap_ci(diffs[s]))), "pairs": len(diffs[s]),
-                "seeds": common, "seed_sd": float(np.std(per_seed[s], ddof=1)) if len(common) > 1 else None}
-            for s in names}
+    out = {}
+    for s in names:
+        mean, low, high, patients = clustered_bootstrap_ci(by_patient[s])
+        out[s] = {"mean": mean, "low": low, "high": high, "pairs": sum(len(v) for v in by_patient[s].values()),
+                  "patients": patients, "seeds": common, "per_seed": per_seed[s],
+                  "seed_sd": float(np.std(per_seed[s], ddof=1)) if len(common) > 1 else None}
+    return out
 
 
 def _label(seeds: dict[str, dict], arm: str) -> str:
@@ -135,16 +165,18 @@ def _twin_table(result: dict, budget: str, structures: list[str]) -> list[str]:
     entries = {arm: e["vs_twin"] for arm, e in result.get("summary", {}).get(budget, {}).items() if "vs_twin" in e}
     if not entries:
         return []
-    lines = ["Paired differences (same split, seeds and schedule; per case and seed, [95 % bootstrap interval]; "
-             "sd: over seeds of each seed's mean difference):", "",
-             "| difference | " + " | ".join(structures) + " | mean Dice | sd over seeds | seeds |",
-             "| --- |" + " --- |" * (len(structures) + 3)]
+    lines = ["Paired differences (same split, seeds and schedule; mean over cases and seeds, [95 % bootstrap interval "
+             "over patients, their frames and seeds resampled together]; sd: over seeds of each seed's mean "
+             "difference):", "",
+             "| difference | " + " | ".join(structures) + " | mean Dice | per seed | sd over seeds | patients | seeds |",
+             "| --- |" + " --- |" * (len(structures) + 5)]
     cell = lambda v: f"{v['mean']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}]"
     runs = result["runs"][budget]
     for arm, d in entries.items():
         sd = d["mean"]["seed_sd"]
         lines.append(f"| {_label(runs[arm], arm)} − {_label(runs.get(d['arm'], {}), d['arm'])} | " + " | ".join(cell(d[s]) for s in structures)
-                     + f" | **{cell(d['mean'])}** | {'—' if sd is None else f'{sd:.3f}'} | "
+                     + f" | **{cell(d['mean'])}** | {', '.join(f'{v:+.3f}' for v in d['mean'].get('per_seed', []))} | "
+                       f"{'—' if sd is None else f'{sd:.3f}'} | {d['mean'].get('patients', '—')} | "
                        f"{', '.join(d['mean']['seeds'])} |")
     return lines + [""]
 
@@ -158,7 +190,7 @@ def markdown_report(result: dict) -> str:
              f"Machine: {result['machine']}. Evaluated on: {result['evaluated_on']}. Seeds: "
              f"{', '.join(map(str, result.get('seeds', [0])))}. Dice: mean ± sd over seeds of each seed's mean over "
              f"cases. Δ stock: the mean paired difference to stock nnU-Net over cases × seeds, [95 % bootstrap "
-             f"interval]. HD95: mean over structures, cases and seeds; a structure missed (or predicted where there is none) "
+             f"interval over patients: a patient's frames and seeds resampled together]. HD95: mean over structures, cases and seeds; a structure missed (or predicted where there is none) "
              f"counts as the image diagonal.",
              ""]
     structures = result["structures"]

@@ -41,6 +41,7 @@ from nnunetv2_xlstm.checkpoints import load_exported_encoder, load_nnunet_checkp
 from nnunetv2_xlstm.commands import run_command
 from nnunetv2_xlstm.datasets import check_dataset_json, find_raw_dataset
 from nnunetv2_xlstm.env import InputError, ext_trainer_value, require_env
+from nnunetv2_xlstm.leakage import TRANSDUCTIVE_ENV, case_id, check_no_leak
 from nnunetv2_xlstm.evaluation import LabelSpec, evaluate_folder, parse_spec
 from nnunetv2_xlstm.splits import DEFAULT_GROUP_PATTERN, write_few_label_splits
 from nnunetv2_xlstm.training.trainers import MINUTES_ENV, SEED_ENV
@@ -73,7 +74,8 @@ def run_benchmark(dataset_id: int, preset: Preset, output: Path, budgets: list[s
                   val_budget: str = "0.2", seed: int = 0, encoder: Path | None = None, arms: list[str] | None = None,
                   device: str = "cpu", group_pattern: str = DEFAULT_GROUP_PATTERN, overwrite_splits: bool = False,
                   test_folder: Path | None = None, test_spec: LabelSpec | None = None, timing_cases: int = 2,
-                  plan_only: bool = False, seeds: list[int] = (0,), minutes: float | None = None) -> dict:
+                  plan_only: bool = False, seeds: list[int] = (0,), minutes: float | None = None,
+                  transductive: bool = False) -> dict:
     """Run (or continue) the benchmark; return the result that ``output/benchmark.json`` holds.
 
     Budgets are patient counts or shares (nested seeded draws), or come from ``train_patients`` (one fixed list per
@@ -126,6 +128,16 @@ def run_benchmark(dataset_id: int, preset: Preset, output: Path, budgets: list[s
                                     group_pattern=group_pattern, overwrite=overwrite_splits,
                                     nested_budgets=None if train_patients else budgets)
     summary = json.loads((splits.parent / "few_label_splits.json").read_text())
+    leakage = None
+    if encoder is not None:  # no score on a patient the encoder was pretrained on, unless asked for
+        scored = summary["val_patients"] + (
+            [case_id(f) for f in (test_folder / "imagesTs").iterdir()] if test_folder is not None else [])
+        leakage = check_no_leak(load_exported_encoder(encoder)[1], scored, encoder, "development or test",
+                                transductive, group_pattern)
+        if leakage:
+            print(f"WARNING: {leakage}")
+        if transductive:  # the trainers check the encoder against their fold too
+            env[TRANSDUCTIVE_ENV] = "1"
     budget_names = [str(len(t)) for t in summary["train_patients"]]
     plans = planned_arms(dataset_id, preset, encoder)
     if plans is None:
@@ -137,6 +149,7 @@ def run_benchmark(dataset_id: int, preset: Preset, output: Path, budgets: list[s
         "budgets": {b: t for b, t in zip(budget_names, summary["train_patients"])},
         "val_patients": summary["val_patients"], "plans": plans,
         "trainers": {a: preset.trainer(a) for a in arms}, "encoder": str(encoder) if encoder else None,
+        "encoder_leakage": leakage, "group_pattern": group_pattern,
         "evaluated_on": f"{len(summary['val_patients'])} held-out development patients (every fold's validation "
                         f"set; nnU-Net's final validation, final checkpoint)"
                         + (f"; test folder {test_folder}" if test_folder else ""),
@@ -175,10 +188,10 @@ def run_benchmark(dataset_id: int, preset: Preset, output: Path, budgets: list[s
         except (RuntimeError, InputError) as e:  # a failed run is reported, the others go on
             run["status"] = f"failed: {e}"
             tqdm.write(f"{arm}, {budget} patients, seed {seed}: {run['status']}", file=sys.stdout)
-        result["summary"] = summarise(runs, result["structures"])
+        result["summary"] = summarise(runs, result["structures"], result.get("group_pattern", DEFAULT_GROUP_PATTERN))
         save(result, output, figures=True)
     bar.close()
-    result["summary"] = summarise(runs, result["structures"])
+    result["summary"] = summarise(runs, result["structures"], result.get("group_pattern", DEFAULT_GROUP_PATTERN))
     result["speed"] = speed(result, arms, dataset_id, dataset_json, test_folder,
                             summary["folds"][0]["val"][:timing_cases], device, env, output)
     save(result, output, figures=True)
@@ -350,6 +363,8 @@ def benchmark_entry(argv: list[str] | None = None) -> None:
     p.add_argument("--timing_cases", type=int, default=2, help="development images predicted for timing (2)")
     p.add_argument("--overwrite_splits", action="store_true", help="replace an existing, different splits_final.json")
     p.add_argument("--plan_only", action="store_true", help="write splits and plans, train nothing")
+    p.add_argument("--transductive", action="store_true",
+                   help="allow an encoder pretrained on images of the development or test patients (reported)")
     p.add_argument("--output", type=Path, default=None, help="report folder (default ./benchmark_<id>_<preset>)")
     a = p.parse_args(argv)
     if (a.budgets is None) == (a.train_patients is None):
@@ -361,7 +376,8 @@ def benchmark_entry(argv: list[str] | None = None) -> None:
         result = run_benchmark(a.d, get_preset(a.preset), a.output or Path(f"benchmark_{a.d}_{a.preset}"), a.budgets,
                       a.train_patients, a.val_patients, a.val_budget, a.seed, a.pretrained_encoder, a.arms,
                       a.device or ("cuda" if torch.cuda.is_available() else "cpu"), a.group_pattern,
-                      a.overwrite_splits, a.test_folder, test_spec, a.timing_cases, a.plan_only, a.seeds, a.minutes)
+                      a.overwrite_splits, a.test_folder, test_spec, a.timing_cases, a.plan_only, a.seeds, a.minutes,
+                      a.transductive)
     except InputError as e:
         sys.exit(f"nnunetv2_xlstm_benchmark: error: {e}")
     failed = [f"{arm}, {budget} patients, seed {seed}" for budget, arms in result.get("runs", {}).items()

@@ -23,7 +23,7 @@ from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
 from nnunetv2_xlstm.checkpoints import load_exported_encoder
 from nnunetv2_xlstm.datasets import check_dataset_json, check_raw_dataset, find_raw_dataset
 from nnunetv2_xlstm.env import InputError, require_env
-from nnunetv2_xlstm.planning.planner import XLSTMUNetPlanner
+from nnunetv2_xlstm.planning.planner import XLSTMUNetPlanner, encoder_geometry
 
 OUR_PLANNERS = {"XLSTMUNetPlanner": XLSTMUNetPlanner}
 CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres")
@@ -78,6 +78,9 @@ def plan_and_preprocess(dataset_ids: list[int], planner: str = "XLSTMUNetPlanner
             raise InputError(f"{shaped} come from the pretrained encoder and cannot be set with --pretrained_encoder")
         if "2d" in configurations:
             print("WARNING: the 2d configuration cannot use a 3D pretrained encoder; its plan stays XLSTMUNet 2D")
+        geometry = encoder_geometry(plan)
+        if geometry is not None and overwrite_target_spacing is None:  # the spacing the encoder learned
+            overwrite_target_spacing = list(geometry["spacing"])
     if planner in OUR_PLANNERS:
         planner_class = partial(OUR_PLANNERS[planner], **(planner_kwargs or {}))
     else:

@@ -31,8 +31,9 @@ class XLSTMUNetPlanner(ResEncUNetPlanner):
     ``overwrite_target_spacing`` may make it differ from stock nnU-Net's.
 
     With ``pretrained_encoder`` (an ``encoder_export.pt``) the 3D networks copy the encoder's architecture (stages,
-    widths, kernel sizes, blocks, mLSTM placement; see :meth:`match_encoder`) while spacing and patch size stay
-    data-driven; the plans (default name ``nnUNetPlansXLSTMEncoder``) record the encoder, which is copied beside them
+    widths, kernel sizes, blocks, mLSTM placement; see :meth:`match_encoder`). An encoder pretrained in a plans'
+    geometry (``--plans``) also gives the 3d_fullres spacing, patch size, strides and decoder, so that its encoder
+    and decoder load strictly; an isotropic one leaves spacing, patch size and strides data-driven; the plans (default name ``nnUNetPlansXLSTMEncoder``) record the encoder, which is copied beside them
     for ``nnUNetTrainerXLSTMPretrained``. The width options do not apply then.
     """
 
@@ -78,12 +79,23 @@ class XLSTMUNetPlanner(ResEncUNetPlanner):
         if self.encoder_plan is None or len(arch_kwargs["strides"][0]) != 3:
             return {**arch_kwargs, **self.mlstm_kwargs(arch_kwargs["n_stages"])}
         encoder = self.encoder_plan["architecture_plans"]["arch_kwargs"]
+        if encoder_geometry(self.encoder_plan) is not None:  # pretrained in a plans' geometry: take all of it
+            return dict(encoder)
         n = encoder["n_stages"]
         strides = [list(s) for s in arch_kwargs["strides"]][:n]
         strides += [[1, 1, 1]] * (n - len(strides))
         decoder_convs = list(arch_kwargs["n_conv_per_stage_decoder"])
         return {**arch_kwargs, **{k: encoder[k] for k in ENCODER_ARCH_KEYS if k in encoder}, "strides": strides,
                 "n_conv_per_stage_decoder": (decoder_convs + decoder_convs[-1:] * n)[:n - 1]}
+
+    def _encoder_weights_only(self, arch_kwargs: dict) -> dict:
+        """:meth:`match_encoder` as for an encoder without a geometry: its weights' shape, the planned strides."""
+        plan = self.encoder_plan
+        self.encoder_plan = {**plan, "pretrain_plan": {**plan["pretrain_plan"], "geometry": None}}
+        try:
+            return self.match_encoder(arch_kwargs)
+        finally:
+            self.encoder_plan = plan
 
     def static_estimate_VRAM_usage(self, patch_size: Sequence[int], input_channels: int, output_channels: int,
                                    arch_class_name: str, arch_kwargs: dict,
@@ -96,7 +108,14 @@ class XLSTMUNetPlanner(ResEncUNetPlanner):
                                     approximate_n_voxels_dataset: float, _cache: dict) -> dict:
         plan = super().get_plans_for_configuration(spacing, median_shape, data_identifier,
                                                    approximate_n_voxels_dataset, _cache)
-        plan["architecture"]["arch_kwargs"] = self.match_encoder(plan["architecture"]["arch_kwargs"])
+        geometry = encoder_geometry(self.encoder_plan) if self.encoder_plan is not None else None
+        if geometry is not None and len(spacing) == 3 and not np.allclose(spacing, geometry["spacing"]):
+            geometry = None  # another resolution (3d_lowres): strides and patch stay planned
+            plan["architecture"]["arch_kwargs"] = self._encoder_weights_only(plan["architecture"]["arch_kwargs"])
+        else:
+            plan["architecture"]["arch_kwargs"] = self.match_encoder(plan["architecture"]["arch_kwargs"])
+        if geometry is not None:
+            plan["patch_size"] = list(geometry["patch_size"])
         if self.batch_size is not None:
             plan["batch_size"] = self.batch_size
         return plan
@@ -109,6 +128,12 @@ class XLSTMUNetPlanner(ResEncUNetPlanner):
             for warning in attach_encoder(plans, self.pretrained_encoder, self.encoder_plan, folder):
                 print(f"WARNING: {warning}")
         super().save_plans(plans)
+
+
+def encoder_geometry(encoder_plan: dict) -> dict | None:
+    """The plans geometry an encoder was pretrained in (spacing, patch size, strides in its architecture), or None
+    for an isotropic pretraining (see ``nnunetv2_xlstm_pretraining.geometry``)."""
+    return (encoder_plan.get("pretrain_plan") or {}).get("geometry")
 
 
 def attach_encoder(plans: dict, encoder: Path, encoder_plan: dict, folder: Path) -> list[str]:

@@ -36,14 +36,16 @@ from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel
 
 from nnunetv2_xlstm.atomic import atomic_write_text
-from nnunetv2_xlstm.checkpoints import file_sha256, load_encoder_into, load_nnunet_checkpoint
+from nnunetv2_xlstm.checkpoints import file_sha256, load_encoder_into, load_exported_encoder, load_nnunet_checkpoint
+from nnunetv2_xlstm.leakage import case_id, check_no_leak
 from nnunetv2_xlstm.env import InputError
 from nnunetv2_xlstm.network.xlstm_unet import XLSTMUNet
 from nnunetv2_xlstm.precision import autocast_forward, bf16_decision
 from nnunetv2_xlstm.training.lr_schedule import WarmupPolyLR
 
 __all__ = ["nnUNetTrainerXLSTM", "nnUNetTrainerXLSTM_short", "nnUNetTrainerXLSTM_smoke",
-           "nnUNetTrainerXLSTMPretrained", "nnUNetTrainerXLSTMPretrainedDecoder", "nnUNetTrainerXLSTMPretrained_short", "nnUNetTrainerXLSTMPretrained_smoke",
+           "nnUNetTrainerXLSTMPretrained", "nnUNetTrainerXLSTMPretrainedDecoder", "nnUNetTrainerXLSTMPretrainedDecoder_smoke",
+           "nnUNetTrainerXLSTMPretrainedDecoder_cpulong", "nnUNetTrainerXLSTMPretrained_short", "nnUNetTrainerXLSTMPretrained_smoke",
            "nnUNetTrainerXLSTMPretrained_cpu", "nnUNetTrainerXLSTMPretrained_gpu15min",
            "nnUNetTrainerXLSTMScratch", "nnUNetTrainerXLSTMScratch_short", "nnUNetTrainerXLSTMScratch_smoke",
            "nnUNetTrainerBenchmark", "nnUNetTrainerBenchmark_smoke", "nnUNetTrainerBenchmark_cpu",
@@ -287,6 +289,7 @@ class ScheduledTrainer(nnUNetTrainer):
         if not path.is_file() or file_sha256(path) != info["sha256"]:
             raise InputError(f"{path}, the encoder these plans were made for, is missing or has changed since "
                              f"planning; plan again with --pretrained_encoder")
+        self.check_encoder_pool(path)
         report = load_encoder_into(self.plain_network(), path, self.configuration_manager.network_arch_init_kwargs,
                                    self.num_input_channels, decoder=self.load_decoder)
         count = lambda keys: ", ".join(f"{k} {n}" for k, n in Counter(".".join(k.split(".")[:2]) for k in keys).items())
@@ -295,6 +298,17 @@ class ScheduledTrainer(nnUNetTrainer):
         self.print_to_log_file(f"loaded pretrained encoder {path} (from {info.get('source')}): "
                                f"{len(report['loaded'])} tensors ({count(report['loaded'])}); initialised afresh: "
                                f"{len(report['fresh'])} tensors ({count(report['fresh'])}); every key in {listing}")
+
+
+    def check_encoder_pool(self, path: Path) -> None:
+        """Refuse an encoder pretrained on a patient this fold validates on, or on a test image of the raw data set
+        (``imagesTs``); ``NNUNETV2_XLSTM_TRANSDUCTIVE=1`` allows it, logged (:mod:`nnunetv2_xlstm.leakage`)."""
+        _, val_keys = self.do_split()
+        raw = Path(os.environ.get("nnUNet_raw", "")) / self.plans_manager.dataset_name / "imagesTs"
+        test = [case_id(f) for f in raw.iterdir()] if os.environ.get("nnUNet_raw") and raw.is_dir() else []
+        note = check_no_leak(load_exported_encoder(path)[1], [*val_keys, *test], path, "validation or test")
+        if note:
+            self.print_to_log_file(f"WARNING: {note}")
 
 
 class nnUNetTrainerXLSTM(ScheduledTrainer):
@@ -335,6 +349,14 @@ class nnUNetTrainerXLSTMPretrainedDecoder(nnUNetTrainerXLSTMPretrained):
     """Fine-tuning from the pretrained encoder and decoder (masked-distillation exports carry both)."""
 
     load_decoder = True
+
+
+class nnUNetTrainerXLSTMPretrainedDecoder_smoke(nnUNetTrainerXLSTMPretrainedDecoder):
+    schedule = SMOKE
+
+
+class nnUNetTrainerXLSTMPretrainedDecoder_cpulong(nnUNetTrainerXLSTMPretrainedDecoder):
+    schedule = CPU_LONG
 
 
 class nnUNetTrainerXLSTMPretrained_short(nnUNetTrainerXLSTMPretrained):
