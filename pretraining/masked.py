@@ -149,8 +149,10 @@ def pretrain_masked(config: PretrainConfig, output: Path, resume: bool, progress
                 log.warning(f"step {done}: collapse guards fired for {alarms} steps: " + "; ".join(warnings))
             if done % config.plot_every == 0 or done == config.steps:
                 plot_masked_history(history, output / "progress.png")
-        if alarms >= config.log_every and config.collapse_stop:
-            save(done)
+        # the guards are computed per process: stop every process together, rank 0 saving, or torchrun would hang
+        if config.collapse_stop and D.any_rank(alarms >= config.log_every):
+            if rank == 0:
+                save(done)
             raise InputError(f"pretraining stopped at step {done}: collapse ({'; '.join(warnings)}); see "
                              f"{output / 'progress.png'}. Lower lr, raise teacher_momentum or reconstruction_weight, "
                              f"or set collapse_stop=false to go on")

@@ -220,11 +220,25 @@ def test_encoder_frozen_during_warmup_then_released(encoder_plans: tuple[Path, P
 
 def test_scratch_baseline_matches_but_does_not_load(encoder_plans: tuple[Path, Path],
                                                     nnunet_env: dict[str, str]) -> None:
-    dataset, _ = encoder_plans
+    dataset, export = encoder_plans
     scratch = _trainer(trainers.nnUNetTrainerXLSTMScratch_smoke, dataset, nnunet_env)
-    pretrained = trainers.nnUNetTrainerXLSTMPretrained_smoke
-    assert not scratch.load_encoder and pretrained.load_encoder
-    assert (scratch.warmup_epochs, scratch.num_epochs, scratch.initial_lr) == (1, 2, pretrained.schedule.lr)
+    pretrained = _trainer(trainers.nnUNetTrainerXLSTMPretrained_smoke, dataset, nnunet_env)
+    assert not issubclass(trainers.nnUNetTrainerXLSTMScratch, trainers.nnUNetTrainerXLSTMPretrained)
+    assert (scratch.warmup_epochs, scratch.num_epochs, scratch.initial_lr) == \
+        (pretrained.warmup_epochs, pretrained.num_epochs, pretrained.initial_lr) == (1, 2, pretrained.schedule.lr)
+    folder = Path(nnunet_env["nnUNet_preprocessed"]) / dataset.name
+    (folder / "splits_final.json").write_text(json.dumps([{"train": ["phantom_000_CT", "phantom_001_MRI"],
+                                                            "val": ["phantom_002_CT", "phantom_003_MRI"]}]))
+    before = {k: v.clone() for k, v in scratch.plain_network().state_dict().items()}
+    scratch.on_train_start()  # what nnUNetv2_train runs before epoch 0: loads nothing
+    after = scratch.plain_network().state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    weights = torch.load(export, weights_only=True)["network_weights"]
+    assert not any(torch.equal(after[k], v) for k, v in weights.items() if v.numel() > 1)
+    assert "loaded pretrained encoder" not in Path(scratch.log_file).read_text()
+    assert not (Path(scratch.output_folder) / "pretrained_encoder_keys.json").exists()
+    pretrained.on_train_start()  # the same call in the pretrained trainer loads the export
+    assert all(torch.equal(pretrained.plain_network().state_dict()[k], v) for k, v in weights.items())
 
 
 def test_changed_encoder_file_is_refused(encoder_plans: tuple[Path, Path], nnunet_env: dict[str, str]) -> None:

@@ -111,11 +111,39 @@ def test_wrapped_forward_stays_fp32_when_off(cpu_feature, monkeypatch: pytest.Mo
 
 
 def test_trainers_build_bf16_networks(cpu_feature) -> None:
-    """nnUNetv2_predict rebuilds the network through the checkpoint's trainer class, so it gets the same wrapper."""
+    """The trainers build the plans' network with its forward in bf16 (nnUNetv2_predict rebuilds it through the same
+    classmethod): outputs in fp32, within bf16's tolerance of the fp32 network with the same weights, not equal."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
     from nnunetv2_xlstm.training import trainers
 
-    assert trainers.nnUNetTrainerXLSTM.build_network_architecture.__self__ is trainers.nnUNetTrainerXLSTM
-    assert trainers.ScheduledTrainer.bf16 == "auto"
+    kwargs = {"n_stages": 3, "features_per_stage": [8, 16, 32], "conv_op": "torch.nn.modules.conv.Conv3d",
+              "kernel_sizes": [[3, 3, 3]] * 3, "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]],
+              "n_blocks_per_stage": [1, 1, 1], "n_conv_per_stage_decoder": [1, 1], "conv_bias": True,
+              "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d", "norm_op_kwargs": {"eps": 1e-5, "affine": True},
+              "dropout_op": None, "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
+              "nonlin_kwargs": {"inplace": True}, "mlstm_stages": [2], "mlstm_blocks_per_stage": 2}
+    plans = PlansManager({"dataset_name": "Dataset999_X", "plans_name": "nnUNetPlansXLSTM", "configurations": {
+        "3d_fullres": {"architecture": {"network_class_name": "nnunetv2_xlstm.network.xlstm_unet.XLSTMUNet",
+                                        "arch_kwargs": kwargs, "_kw_requires_import": ["conv_op", "norm_op",
+                                                                                       "dropout_op", "nonlin"]}}}})
+    build = lambda: trainers.nnUNetTrainerXLSTM.build_network_architecture(
+        plans, plans.get_configuration("3d_fullres"), 1, 3, False)
+    x = torch.randn(1, 1, 8, 16, 16)
+    cpu_feature("avx512_bf16")
+    torch.manual_seed(0)
+    bf16_net = build()
+    cpu_feature(None)
+    fp32_net = build()
+    fp32_net.load_state_dict(bf16_net.state_dict())
+    with torch.no_grad():
+        cpu_feature("avx512_bf16")
+        low = bf16_net(x)
+        cpu_feature(None)
+        full = fp32_net(x)
+    assert low.dtype == full.dtype == torch.float32
+    assert not torch.equal(low, full)  # bf16 did run
+    assert torch.allclose(low, full, atol=0.05 * float(full.abs().max()), rtol=0.05)
 
 
 def test_time_fraction_drives_the_poly_schedule() -> None:

@@ -338,11 +338,14 @@ class nnUNetTrainerXLSTM_smoke(nnUNetTrainerXLSTM):
     schedule = SMOKE
 
 
+FINE_TUNING_WARMUP = 0.1  # share of the epochs (or of the time budget) with the lr warm-up and the encoder frozen
+
+
 class nnUNetTrainerXLSTMPretrained(nnUNetTrainerXLSTM):
     """Fine-tuning: the plans' encoder, frozen while the lr warms up over the first 10 % of the epochs."""
 
     load_encoder = True
-    warmup_fraction = 0.1
+    warmup_fraction = FINE_TUNING_WARMUP
 
 
 class nnUNetTrainerXLSTMPretrainedDecoder(nnUNetTrainerXLSTMPretrained):
@@ -367,10 +370,11 @@ class nnUNetTrainerXLSTMPretrained_smoke(nnUNetTrainerXLSTMPretrained):
     schedule = SMOKE
 
 
-class nnUNetTrainerXLSTMScratch(nnUNetTrainerXLSTMPretrained):
-    """The matched from-scratch baseline of :class:`nnUNetTrainerXLSTMPretrained`: same schedule, no loading."""
+class nnUNetTrainerXLSTMScratch(nnUNetTrainerXLSTM):
+    """The matched from-scratch baseline of :class:`nnUNetTrainerXLSTMPretrained`: the same schedule and warm-up (the
+    randomly initialised encoder frozen while the lr warms up), random weights."""
 
-    load_encoder = False
+    warmup_fraction = FINE_TUNING_WARMUP
 
 
 class nnUNetTrainerXLSTMScratch_short(nnUNetTrainerXLSTMScratch):
@@ -397,7 +401,7 @@ class nnUNetTrainerBenchmark(ScheduledTrainer):
     """The recipe of :class:`nnUNetTrainerXLSTMScratch` (lr warm-up over 10 % of the epochs with the encoder frozen,
     then poly) for any network the plans name, so that a benchmark's arms differ only in their plans."""
 
-    warmup_fraction = 0.1
+    warmup_fraction = FINE_TUNING_WARMUP
 
 
 class nnUNetTrainerBenchmark_smoke(nnUNetTrainerBenchmark):
