@@ -165,6 +165,21 @@ def load_encoder_into(network: torch.nn.Module, path: str | Path, arch_kwargs: d
     return {"loaded": sorted(wanted), "fresh": fresh}
 
 
+def check_export_fits_its_plan(path: str | Path) -> None:
+    """Build the network an export's adaptation plan describes and load the export into it strictly (encoder, and
+    decoder where it has one): :class:`InputError` for tensors that do not match their own architecture."""
+    import pydoc
+
+    from nnunetv2_xlstm.network.xlstm_unet import XLSTMUNet
+
+    weights, plan = load_exported_encoder(path)
+    arch = plan["architecture_plans"]
+    imports = set(arch.get("arch_kwargs_requiring_import", ()))
+    kwargs = {k: pydoc.locate(v) if k in imports and v is not None else v for k, v in arch["arch_kwargs"].items()}
+    network = XLSTMUNet(input_channels=plan["pretrain_num_input_channels"], num_classes=1, **kwargs)
+    load_encoder_into(network, path, decoder=any(k.startswith("decoder.") for k in weights))
+
+
 def _plain(value: Any) -> Any:
     """Tuples as lists, so plans (JSON) and exports (torch) compare equal."""
     return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value

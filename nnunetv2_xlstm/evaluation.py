@@ -113,11 +113,18 @@ def evaluate_folder(reference_folder: Path, prediction_folder: Path, spec: Label
         raise InputError(f"{prediction_folder} lacks predictions for {', '.join(missing[:5])}"
                          + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
     per_case = {}
+    present: set[int] = set()
     for ref_path in references:
         reference, spacing, ref_image = _read(ref_path)
+        present |= set(np.unique(reference).tolist())
         prediction, _, pred_image = _read(Path(prediction_folder) / ref_path.name)
         check_same_geometry(ref_image, ref_path, pred_image, Path(prediction_folder) / ref_path.name)
         per_case[ref_path.name[: -len(file_ending)]] = score_case(prediction, reference, spacing, spec)
+    for name, value in spec.structures.items():
+        if value not in present:  # both empty everywhere: Dice 1 by convention, which a typo would also get
+            print(f"WARNING: structure {name}={value} appears in no reference file of {reference_folder}; its Dice "
+                  f"of 1 only says that nothing was predicted either. Check --structures (values present: "
+                  f"{sorted(present)})", file=sys.stderr)
     mean = {name: {"Dice": float(np.mean([c[name]["Dice"] for c in per_case.values()])),
                    "HD95": float(np.mean([c[name]["HD95"] for c in per_case.values()])),
                    "HD95_misses": int(sum(c[name]["HD95_miss"] for c in per_case.values()))}

@@ -47,6 +47,11 @@ def read_image(path: str | Path, what: str = "") -> sitk.Image:
 def check_same_geometry(image: sitk.Image, image_path: str | Path, label: sitk.Image, label_path: str | Path) -> None:
     """Refuse a label whose size, spacing, origin or direction differ from its image's, naming both files and every
     field that differs."""
+    if (image.GetDimension(), image.GetNumberOfComponentsPerPixel()) != (label.GetDimension(),
+                                                                          label.GetNumberOfComponentsPerPixel()):
+        raise InputError(f"{label_path} is a {label.GetDimension()}D image with {label.GetNumberOfComponentsPerPixel()} "
+                         f"component(s), {image_path} a {image.GetDimension()}D one with "
+                         f"{image.GetNumberOfComponentsPerPixel()}: give one 3D single-channel label per image")
     fields = [("size", image.GetSize(), label.GetSize(), lambda a, b: a == b),
               ("spacing", image.GetSpacing(), label.GetSpacing(), lambda a, b: np.allclose(a, b, rtol=1e-3)),
               ("origin", image.GetOrigin(), label.GetOrigin(), lambda a, b: np.allclose(a, b, atol=1e-2)),

@@ -27,7 +27,9 @@ def parse_source(text: str) -> SourceConfig:
     path, modality = ":".join(parts[:-1]), parts[-1].upper()
     if modality not in ("CT", "MRI"):
         raise InputError(f"--source {text!r}: unknown modality {parts[-1]!r}; use CT or MRI")
-    return SourceConfig(path, modality, hu if hu == "auto" else hu.lower() in ("true", "1", "yes"))
+    if hu.lower() not in ("auto", "true", "false", "1", "0", "yes", "no"):
+        raise InputError(f"--source {text!r}: hu={hu!r} is not auto, true or false")
+    return SourceConfig(path, modality, "auto" if hu.lower() == "auto" else hu.lower() in ("true", "1", "yes"))
 
 
 def pretrain_entry(argv: list[str] | None = None) -> None:

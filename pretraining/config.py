@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
@@ -279,6 +280,20 @@ def apply_plans_geometry(config: PretrainConfig) -> None:
 def check_crops(config: PretrainConfig, where: str = "config") -> None:
     """Every crop must be divisible by the encoder's total stride and leave a bottleneck of at least 2 voxels per axis
     (instance normalisation needs more than one element); the mask ratio lies in (0, 1) and the target stages exist."""
+    bounds = {"steps": 1, "batch_size": 1, "warmup_steps": 0, "save_every": 1, "log_every": 1, "plot_every": 1,
+              "keep_checkpoints": 0, "num_workers": 0, "num_local_crops": 0, "target_stages": 1}
+    for name, minimum in bounds.items():
+        if getattr(config, name) < minimum:
+            raise InputError(f"{where}: {name} {getattr(config, name)} must be >= {minimum}")
+    for name in ("lr", "min_lr", "weight_decay", "clip_grad", "reconstruction_weight", "distill_beta"):
+        value = getattr(config, name)
+        if not math.isfinite(value) or value < 0 or (name == "lr" and value == 0):
+            raise InputError(f"{where}: {name} {value} must be a finite number {'> 0' if name == 'lr' else '>= 0'}")
+    for name in ("ct_fraction", "foreground_fraction"):
+        if not 0 <= getattr(config, name) <= 1:
+            raise InputError(f"{where}: {name} {getattr(config, name)} must lie in [0, 1]")
+    if config.probe.every < 0 or config.probe.steps < 1:
+        raise InputError(f"{where}: probe.every {config.probe.every} must be >= 0 and probe.steps >= 1")
     low, high = mask_range(config)
     if len(config.mask_ratio) not in (1, 2) or not 0 < low <= high < 1:
         raise InputError(f"{where}: mask_ratio {config.mask_ratio} must be one share or a [low, high] range inside "

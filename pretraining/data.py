@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -191,6 +193,14 @@ def load_pool(config: PretrainConfig, progress: bool = True) -> list[Volume]:
                     f"or global_scale, or remove the file")
         hu = [source.modality == "CT" and (looks_like_hu(im) if source.hu == "auto" else bool(source.hu))
               for im in images]
+        for f, im, h in zip(files, images, hu):
+            if float(im.std()) == 0:
+                warn(f"{f} is constant ({float(im.flat[0]):g} everywhere): it teaches nothing; remove it from the "
+                     f"source")
+            elif h and source.hu is True and not looks_like_hu(im):
+                lo, hi = np.percentile(im, (0.5, 99.5))
+                warn(f"{f} is declared hu=true but its values span {lo:g}..{hi:g}, not Hounsfield units (air near "
+                     f"-1000): set hu=false or hu=auto for its source")
         stats = ct_statistics([im for im, h in zip(images, hu) if h]) if any(hu) else None
         for f, im, h in zip(files, images, hu):
             image = normalise_ct(im, stats) if h else zscore(im)
@@ -198,6 +208,12 @@ def load_pool(config: PretrainConfig, progress: bool = True) -> list[Volume]:
                 image = pad_to(image, config.global_crop_voxels)
             pool.append(Volume(str(f), source.modality, "ct_hu" if h else "zscore", image, foreground_voxels(image)))
     return pool
+
+
+def warn(message: str) -> None:
+    """A console warning about an input that is legal but suspicious (and the pretraining log's)."""
+    print(f"WARNING: {message}", file=sys.stderr, flush=True)
+    logging.getLogger("nnunetv2_xlstm_pretraining").warning(message)
 
 
 def sample_volume(pool: list[Volume], rng: np.random.Generator, ct_fraction: float) -> Volume:

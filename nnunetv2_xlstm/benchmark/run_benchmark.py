@@ -246,6 +246,11 @@ def scores(evaluation: dict, structures: dict[str, int]) -> dict:
 def predict(images: Path, out: Path, dataset_id: int, fold: int, run: dict, device: str, env: dict[str, str],
             log: Path) -> float:
     """``nnUNetv2_predict`` of ``images`` with a run's model into ``out``; seconds per volume, model load included."""
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    model = Path(env["nnUNet_results"]) / maybe_convert_to_dataset_name(dataset_id) / \
+        f"{run['trainer']}__{run['plans']}__{CONFIG}" / f"fold_{fold}" / "checkpoint_final.pth"
+    load_nnunet_checkpoint(model)  # nnUNetv2_predict unpickles it in full: refuse arbitrary objects first
     t0 = time.perf_counter()
     run_command(["nnUNetv2_predict", "-i", str(images), "-o", str(out), "-d", str(dataset_id), "-c", CONFIG, "-f",
                  str(fold), "-tr", run["trainer"], "-p", run["plans"], "-device", device, "-npp", "1", "-nps", "1"],

@@ -169,6 +169,12 @@ def phantoms_entry(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     try:
+        if a.num_train < 1 or a.num_test < 0:
+            raise InputError(f"--num_train {a.num_train} / --num_test {a.num_test}: give at least 1 training and 0 or "
+                             f"more test phantoms")
+        if a.size < 16 or not a.spacing > 0:
+            raise InputError(f"--size {a.size} / --spacing {a.spacing}: phantoms need at least 16 voxels per axis and "
+                             f"a spacing > 0 mm")
         raw = require_env("nnUNet_raw")["nnUNet_raw"]
         out = write_phantom_dataset(raw, a.d, a.num_train, a.num_test, tuple(a.modalities),
                                     PhantomGeometry((a.size,) * 3, a.spacing), a.seed)

@@ -20,7 +20,7 @@ from nnunetv2.experiment_planning.plan_and_preprocess_api import (
 )
 from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
 
-from nnunetv2_xlstm.checkpoints import load_exported_encoder
+from nnunetv2_xlstm.checkpoints import check_export_fits_its_plan, load_exported_encoder
 from nnunetv2_xlstm.datasets import check_dataset_json, check_raw_dataset, find_raw_dataset
 from nnunetv2_xlstm.env import InputError, require_env
 from nnunetv2_xlstm.planning.planner import XLSTMUNetPlanner, encoder_geometry
@@ -67,6 +67,7 @@ def plan_and_preprocess(dataset_ids: list[int], planner: str = "XLSTMUNetPlanner
     dataset_jsons = {d: check_dataset_json(folder) for d, folder in raw.items()}
     if "pretrained_encoder" in planner_kwargs:
         _, plan = load_exported_encoder(planner_kwargs["pretrained_encoder"])  # refuse a wrong file before any work
+        check_export_fits_its_plan(planner_kwargs["pretrained_encoder"])
         for d, dataset_json in dataset_jsons.items():
             if len(dataset_json["channel_names"]) != plan["pretrain_num_input_channels"]:
                 raise InputError(f"{planner_kwargs['pretrained_encoder']} was pretrained on "

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import resource
@@ -91,7 +92,7 @@ def _env_number(name: str, kind: type, minimum: float) -> float | None:
         number = kind(value)
     except ValueError:
         number = None
-    if number is None or number < minimum:
+    if number is None or not math.isfinite(number) or number < minimum:
         raise InputError(f"{name}={value!r}: expected {'an integer' if kind is int else 'a number'} >= {minimum}")
     return number
 
@@ -106,6 +107,19 @@ def _refusals_without_traceback(kind: type, value: BaseException, tb) -> None:
 
 
 _previous_excepthook, sys.excepthook = sys.excepthook, _refusals_without_traceback
+
+
+def check_pretrained_weights_argument(argv: list[str] | None = None) -> None:
+    """``nnUNetv2_train -pretrained_weights FILE`` unpickles FILE (``weights_only=False``) after building the trainer
+    and before any trainer method runs: nnU-Net gives a trainer no hook there. Our trainers therefore read FILE with
+    ``weights_only=True`` when they are built, and refuse it if it holds anything but tensors and plain values."""
+    argv = sys.argv if argv is None else argv
+    if "-pretrained_weights" in argv[:-1]:
+        path = argv[argv.index("-pretrained_weights") + 1]
+        try:
+            load_nnunet_checkpoint(path)
+        except InputError as e:
+            raise InputError(f"refusing -pretrained_weights {path}: {e}") from None
 
 
 class _BudgetSpent(Exception):
@@ -145,6 +159,7 @@ class ScheduledTrainer(nnUNetTrainer):
         # (measured on 2 cores with ACDC: no slower than 1 or 2 workers, one process less; docs/benchmarks.md)
         self.augment_in_process = (self.device.type == "cpu" and "nnUNet_n_proc_DA" not in os.environ
                                    and (os.cpu_count() or 1) <= CPU_DA_CORES)
+        check_pretrained_weights_argument()
         self.seed = _env_number(SEED_ENV, int, 0)
         minutes = _env_number(MINUTES_ENV, float, 1e-3)
         if minutes is None and self.schedule is not None:
