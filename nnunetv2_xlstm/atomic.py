@@ -1,4 +1,5 @@
-"""Write files atomically: to a temporary file beside the target, then rename, so a crash never leaves half a file."""
+"""Write files atomically: to a temporary file beside the target, fsync, then rename, so a crash or a power loss never
+leaves half a file."""
 
 from __future__ import annotations
 
@@ -33,7 +34,9 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~current_umask())
+        _fsync(tmp)  # the data on disk before the name points at it: a power loss leaves the old file or the new
         os.replace(tmp, path)
+        _fsync(path.parent)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
         raise InputError(f"cannot write {path}: {e.strerror or e}") from None
@@ -41,6 +44,21 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _fsync(path: str | Path) -> None:
+    """Flush a file's (or a folder's entries') data to disk; folders that cannot be opened (some platforms) are
+    skipped."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -134,20 +134,14 @@ def pretrain_masked(config: PretrainConfig, output: Path, resume: bool, progress
                    "lr": T.lr_at(step, config), "teacher_momentum": momentum, "grad_norm": float(grad_norm),
                    "masked_share": masks.float().mean().item(), **guards,
                    "crops_per_s": world * len(views) / t_total, "data_wait_fraction": t_data / t_total}
-        for k, v in metrics.items():
-            history.setdefault(k, []).append(v)
         done = step + 1
+        T.record_step(history, metrics, bar, done, config, rec=f"{metrics['reconstruction']:.3f}")
         warnings = collapse_warnings(guards)
         alarms = alarms + 1 if warnings else 0
-        bar.update(1)
-        bar.set_postfix(loss=f"{metrics['loss']:.3f}", rec=f"{metrics['reconstruction']:.3f}",
-                        wait=f"{metrics['data_wait_fraction']:.0%}")
         if rank == 0:
-            if done % config.log_every == 0 or done == config.steps:
-                log.info(f"step {done}/{config.steps} " + " ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
             if alarms == config.log_every:  # warn once per stretch of log_every steps in a row
                 log.warning(f"step {done}: collapse guards fired for {alarms} steps: " + "; ".join(warnings))
-            if done % config.plot_every == 0 or done == config.steps:
+            if T.due(done, config.plot_every, config):
                 plot_masked_history(history, output / "progress.png")
         # the guards are computed per process: stop every process together, rank 0 saving, or torchrun would hang
         if config.collapse_stop and D.any_rank(alarms >= config.log_every):
@@ -156,7 +150,7 @@ def pretrain_masked(config: PretrainConfig, output: Path, resume: bool, progress
             raise InputError(f"pretraining stopped at step {done}: collapse ({'; '.join(warnings)}); see "
                              f"{output / 'progress.png'}. Lower lr, raise teacher_momentum or reconstruction_weight, "
                              f"or set collapse_stop=false to go on")
-        if rank == 0 and (done % config.save_every == 0 or done == config.steps):
+        if rank == 0 and T.due(done, config.save_every, config):
             save(done)
         T.probe_step(probe, config, done, lambda: teacher.export_weights(False), plan, output)
     bar.close()

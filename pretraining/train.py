@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from copy import deepcopy
 from pathlib import Path
@@ -26,7 +27,7 @@ from nnunetv2_xlstm_pretraining.config import PretrainConfig, merge_dicts, confi
 from nnunetv2_xlstm.leakage import check_no_leak, pool_record
 from nnunetv2_xlstm_pretraining.data import load_pool, pool_files
 from nnunetv2_xlstm_pretraining.geometry import architecture, plans_geometry
-from nnunetv2_xlstm_pretraining.ema import ema_update, teacher_momentum
+from nnunetv2_xlstm.ema import ema_update, teacher_momentum
 from nnunetv2_xlstm_pretraining.ibot_loss import IBOTPatchLoss
 from nnunetv2_xlstm_pretraining.koleo_loss import koleo_loss
 from nnunetv2_xlstm_pretraining.loss import DINOLoss
@@ -142,7 +143,12 @@ def setup_run(config: PretrainConfig, output: Path, resume: bool) -> tuple[torch
         device = torch.device("cuda", D.rank() % torch.cuda.device_count())
         torch.cuda.set_device(device)
     plan = adaptation_plan(config, pool_record([f for _, files in pool_files(config) for f in files]))  # sources checked
-    output.mkdir(parents=True, exist_ok=True)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        if not os.access(output, os.W_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as e:
+        raise InputError(f"cannot write the run folder {output}: {e.strerror or e}. Choose a writable --output") from None
     _setup_logging(output)
     checkpoint = safe_load(output / LATEST) if resume else None
     if resume:
@@ -181,6 +187,23 @@ def probe_step(probe, config: PretrainConfig, done: int, encoder, plan: dict, ou
         dice = probe(done, output / "probe_encoder.pt")
         best = probe.history.get("best_step") == done
         log.info(f"step {done}: probe mean Dice {dice:.3f}" + (" (best so far: encoder_best_probe.pt)" if best else ""))
+
+
+def due(done: int, every: int, config: PretrainConfig) -> bool:
+    """Whether a periodic task (log, plot, save) runs after step ``done``: every ``every`` steps and at the end."""
+    return done % every == 0 or done == config.steps
+
+
+def record_step(history: dict[str, list[float]], metrics: dict[str, float], bar: tqdm, done: int,
+                config: PretrainConfig, **postfix: str) -> None:
+    """Append a step's metrics to ``history``, advance the progress bar (loss, ``postfix``, data wait) and log the
+    metrics on rank 0 every ``log_every`` steps."""
+    for k, v in metrics.items():
+        history.setdefault(k, []).append(v)
+    bar.update(1)
+    bar.set_postfix(loss=f"{metrics['loss']:.3f}", **postfix, wait=f"{metrics['data_wait_fraction']:.0%}")
+    if D.rank() == 0 and due(done, config.log_every, config):
+        log.info(f"step {done}/{config.steps} " + " ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
 
 
 def load_logged_pool(config: PretrainConfig, progress: bool) -> list:
@@ -317,18 +340,12 @@ def pretrain(config: PretrainConfig, output: str | Path, resume: bool = False, p
                    **monitors(student_logits, teacher_logits, embeddings, loss_fn, step),
                    "crops_per_s": world * len(global_views) * (2 + local_views.shape[1]) / t_total,
                    "data_wait_fraction": t_data / t_total}
-        for k, v in metrics.items():
-            history.setdefault(k, []).append(v)
         done = step + 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{metrics['loss']:.3f}", H=f"{metrics['teacher_entropy']:.2f}",
-                        wait=f"{metrics['data_wait_fraction']:.0%}")
+        record_step(history, metrics, bar, done, config, H=f"{metrics['teacher_entropy']:.2f}")
         if rank == 0:
-            if done % config.log_every == 0 or done == config.steps:
-                log.info(f"step {done}/{config.steps} " + " ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-            if done % config.plot_every == 0 or done == config.steps:
+            if due(done, config.plot_every, config):
                 plot_history(history, output / "progress.png", config.out_dim)
-            if done % config.save_every == 0 or done == config.steps:
+            if due(done, config.save_every, config):
                 save(done)
         probe_step(probe, config, done, teacher.encoder_state_dict, plan, output)
     bar.close()

@@ -1,4 +1,5 @@
-"""Multi-crop 3D views with batchgeneratorsv2 augmentation, as a dataset whose item ``s`` is the batch of step ``s``.
+"""Augmented 3D views with batchgeneratorsv2, as datasets whose item ``s`` is the batch of step ``s``: one crop and its
+block mask per volume (masked distillation, the default), or DINO's multi-crop views.
 
 Every random draw of a batch is seeded by ``(seed, rank, step)``, so a batch does not depend on which worker made it
 or on what came before: ``--resume`` replays exactly the same data.

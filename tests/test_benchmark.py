@@ -14,7 +14,7 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
 from nnunetv2_xlstm.benchmark.arms import (
     ARMS, DEFAULT_ARMS, PLAIN_CONV_UNET, RESIDUAL_ENCODER_UNET, derived_plans, resenc_m_architecture, stock_architecture,
-    without_mlstm,
+    one_block_per_stage, without_mlstm,
 )
 from nnunetv2_xlstm.benchmark.presets import PRESETS, scaled_spacing
 from nnunetv2_xlstm.benchmark.report import (bootstrap_ci, clustered_bootstrap_ci, paired_difference, curve_from_checkpoint, markdown_report, speed_from_curve,
@@ -96,6 +96,9 @@ def test_derived_plans_share_the_preprocessed_data() -> None:
     assert config["data_identifier"] == "nnUNetPlansBench_cpu_3d_fullres" and config["patch_size"] == [8, 32, 32]
     assert config["architecture"]["network_class_name"] == PLAIN_CONV_UNET and "pretrained_encoder" not in plans
     assert base["configurations"]["3d_fullres"]["architecture"] is XLSTM and "pretrained_encoder" in base
+    light = one_block_per_stage(XLSTM)["arch_kwargs"]
+    assert light["n_blocks_per_stage"] == [1] * XLSTM["arch_kwargs"]["n_stages"]
+    assert light["mlstm_stages"] == XLSTM["arch_kwargs"]["mlstm_stages"] and light != XLSTM["arch_kwargs"]
 
 
 def test_nested_budgets_are_subsets_and_deterministic() -> None:
@@ -269,14 +272,16 @@ def test_benchmark_command_on_phantoms(tmp_path: Path, nnunet_env: dict[str, str
     """Every arm on two nested budgets through the real command, then a second call that only reports."""
     dataset = write_phantom_dataset(Path(nnunet_env["nnUNet_raw"]), 994, 6, 2, geometry=PhantomGeometry((40, 40, 40), 3.6),
                                     progress=False)
+    development = ["phantom_004_CT", "phantom_005_MRI"]  # never in the pool: the benchmark refuses such an encoder
     pool = tmp_path / "pool.txt"
-    pool.write_text("".join(f"{p}\n" for p in sorted((dataset / "imagesTr").glob("*.nii.gz"))))
+    pool.write_text("".join(f"{p}\n" for p in sorted((dataset / "imagesTr").glob("*.nii.gz"))
+                            if not p.name.startswith(tuple(development))))
     bin_ = Path(sys.executable).parent
     subprocess.run([str(bin_ / "nnunetv2_xlstm_pretrain"), "--preset", "smoke", "--output", str(tmp_path / "pt"),
                     "--source", f"{pool}:MRI", "--no_pbar"], env=nnunet_env, check=True, capture_output=True)
     out = tmp_path / "bench"
     command = [str(bin_ / "nnunetv2_xlstm_benchmark"), "-d", "994", "--preset", "smoke", "--budgets", "1", "2",
-               "--val_budget", "2", "--pretrained_encoder", str(tmp_path / "pt" / "encoder_export.pt"), "--output",
+               "--val_patients", *development, "--pretrained_encoder", str(tmp_path / "pt" / "encoder_export.pt"), "--output",
                str(out), "--device", "cpu"]
     first = subprocess.run(command, env=nnunet_env, capture_output=True, text=True)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
@@ -294,8 +299,9 @@ def test_benchmark_command_on_phantoms(tmp_path: Path, nnunet_env: dict[str, str
             assert set(run["test"]["dice"]) == {*structures, "mean"}  # the phantoms' imagesTs/labelsTs
             assert [e["epoch"] for e in run["curve"]] == [0, 1] and run["wall_seconds"] > 0
             assert run["iterations"] == 8 and all(e["peak_memory_gib"] > 0 for e in run["curve"])
-    assert set(result["summary"]["1"]["xlstm"]["vs_stock"]["mean"]) == {"mean", "low", "high", "pairs", "seeds",
-                                                                        "seed_sd"}
+    assert set(result["summary"]["1"]["xlstm"]["vs_stock"]["mean"]) == {"mean", "low", "high", "pairs", "patients",
+                                                                        "seeds", "per_seed", "seed_sd"}
+    assert result["encoder_leakage"] is None and result["val_patients"] == development
     # one preprocessing; the arms' plans differ in the network only; the XLSTMUNet arms are shaped like the encoder
     pre = Path(nnunet_env["nnUNet_preprocessed"]) / dataset.name
     plans = {arm: json.loads((pre / f"{name}.json").read_text())["configurations"]["3d_fullres"]
@@ -303,6 +309,7 @@ def test_benchmark_command_on_phantoms(tmp_path: Path, nnunet_env: dict[str, str
     assert len({p["data_identifier"] for p in plans.values()}) == 1 and len({str(p["patch_size"]) for p in plans.values()}) == 1
     assert plans["stock"]["architecture"]["network_class_name"] == PLAIN_CONV_UNET
     assert plans["xlstm_no_mlstm"]["architecture"]["arch_kwargs"]["mlstm_stages"] == []
+    assert set(plans["xlstm_light"]["architecture"]["arch_kwargs"]["n_blocks_per_stage"]) == {1}
     encoder_arch = torch.load(tmp_path / "pt" / "encoder_export.pt", weights_only=True)
     assert plans["xlstm"]["architecture"]["arch_kwargs"]["features_per_stage"] == \
         encoder_arch["nnssl_adaptation_plan"]["architecture_plans"]["arch_kwargs"]["features_per_stage"]
@@ -350,5 +357,5 @@ def test_benchmark_command_on_phantoms(tmp_path: Path, nnunet_env: dict[str, str
     assert full.returncode == 0, full.stderr[-3000:]
     assert json.loads((tmp_path / "full" / "benchmark.json").read_text())["plans"] == {
         "stock": "nnUNetPlans", "resenc_m": "nnUNetResEncUNetMPlans", "xlstm": "nnUNetPlansXLSTMEncoder",
-        "xlstm_no_mlstm": "nnUNetPlansXLSTMEncoder_no_mlstm", "xlstm_pretrained": "nnUNetPlansXLSTMEncoder",
-        "xlstm_semi": "nnUNetPlansXLSTMEncoder", "xlstm_pretrained_semi": "nnUNetPlansXLSTMEncoder"}
+        "xlstm_no_mlstm": "nnUNetPlansXLSTMEncoder_no_mlstm", "xlstm_light": "nnUNetPlansXLSTMEncoder_light",
+        "xlstm_pretrained": "nnUNetPlansXLSTMEncoder", "xlstm_semi": "nnUNetPlansXLSTMEncoder", "xlstm_pretrained_semi": "nnUNetPlansXLSTMEncoder"}

@@ -117,6 +117,8 @@ def encoder_plans(tmp_path: Path, nnunet_env: dict[str, str]) -> tuple[Path, Pat
     export_encoder(tmp_path / "enc.pt")
     plan_and_preprocess([993], configurations=["3d_fullres"], num_processes=[1], num_processes_fingerprint=1,
                         planner_kwargs={"pretrained_encoder": tmp_path / "enc.pt", "batch_size": 2})
+    (Path(nnunet_env["nnUNet_preprocessed"]) / dataset.name / "splits_final.json").write_text(json.dumps(
+        [{"train": ["phantom_000_CT", "phantom_001_MRI"], "val": ["phantom_002_CT", "phantom_003_MRI"]}]))
     return dataset, tmp_path / "enc.pt"
 
 
@@ -226,9 +228,6 @@ def test_scratch_baseline_matches_but_does_not_load(encoder_plans: tuple[Path, P
     assert not issubclass(trainers.nnUNetTrainerXLSTMScratch, trainers.nnUNetTrainerXLSTMPretrained)
     assert (scratch.warmup_epochs, scratch.num_epochs, scratch.initial_lr) == \
         (pretrained.warmup_epochs, pretrained.num_epochs, pretrained.initial_lr) == (1, 2, pretrained.schedule.lr)
-    folder = Path(nnunet_env["nnUNet_preprocessed"]) / dataset.name
-    (folder / "splits_final.json").write_text(json.dumps([{"train": ["phantom_000_CT", "phantom_001_MRI"],
-                                                            "val": ["phantom_002_CT", "phantom_003_MRI"]}]))
     before = {k: v.clone() for k, v in scratch.plain_network().state_dict().items()}
     scratch.on_train_start()  # what nnUNetv2_train runs before epoch 0: loads nothing
     after = scratch.plain_network().state_dict()

@@ -14,7 +14,7 @@ from nnunetv2_xlstm.checkpoints import load_encoder_into, load_exported_encoder
 from nnunetv2_xlstm.env import InputError
 from nnunetv2_xlstm_pretraining.config import load_config
 from nnunetv2_xlstm_pretraining.distillation_loss import masked_distillation_loss, normalise_target
-from nnunetv2_xlstm_pretraining.ema import ema_update, teacher_momentum
+from nnunetv2_xlstm.ema import ema_update, teacher_momentum
 from nnunetv2_xlstm_pretraining.guards import collapse_warnings, guard_metrics
 from nnunetv2_xlstm_pretraining.masked import MaskedDistillationNet
 from nnunetv2_xlstm_pretraining.model import build_xlstm_unet, xlstm_unet_kwargs

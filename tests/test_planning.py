@@ -117,3 +117,17 @@ def test_unknown_planner(phantom_dataset: Path) -> None:
     assert "unknown planner -pl NoSuchPlanner" in _cli_error(["-d", "991", "-pl", "NoSuchPlanner"])
     with pytest.raises(InputError, match="only apply to XLSTMUNetPlanner"):
         plan_and_preprocess([991], planner="nnUNetPlannerResEncM", planner_kwargs={"base_features": 16})
+
+
+def test_importing_the_package_leaves_the_excepthook_alone() -> None:
+    """No side effect at import: every module of both packages imported in a fresh interpreter."""
+    code = ("import sys, pkgutil, importlib; hook = sys.excepthook\n"
+            "import nnunetv2_xlstm, nnunetv2_xlstm_pretraining\n"
+            "for pkg in (nnunetv2_xlstm, nnunetv2_xlstm_pretraining):\n"
+            "    for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + '.'):\n"
+            "        importlib.import_module(m.name)\n"
+            "assert sys.excepthook is hook, sys.excepthook\n"
+            "from nnunetv2_xlstm.training.trainers import install_refusal_hook\n"
+            "install_refusal_hook(); install_refusal_hook()\n"
+            "assert sys.excepthook is not hook and sys.excepthook.previous is hook\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=600)

@@ -22,7 +22,7 @@ from nnunetv2_xlstm.env import InputError
 from nnunetv2_xlstm_pretraining import data as D
 from nnunetv2_xlstm_pretraining.cli import parse_source, pretrain_entry
 from nnunetv2_xlstm_pretraining.config import PretrainConfig, SourceConfig, load_config
-from nnunetv2_xlstm_pretraining.ema import ema_update, teacher_momentum
+from nnunetv2_xlstm.ema import ema_update, teacher_momentum
 from nnunetv2_xlstm_pretraining.ibot_loss import IBOTPatchLoss
 from nnunetv2_xlstm_pretraining.koleo_loss import koleo_loss
 from nnunetv2_xlstm_pretraining.loss import DINOLoss, sinkhorn_knopp
@@ -246,7 +246,7 @@ def test_balanced_sampling_ratio(sources: list[SourceConfig]) -> None:
         assert abs(share - fraction) < 4 * math.sqrt(fraction * (1 - fraction) / 5000)
 
 
-def test_nnunet_raw_source_takes_channel_zero_images(tmp_path: Path) -> None:
+def test_nnunet_raw_source_takes_channel_zero_training_images(tmp_path: Path) -> None:
     root = tmp_path / "Dataset001_X"
     write_volume(root / "imagesTr" / "a_0000.nii.gz", np.zeros((4, 4, 4)))
     write_volume(root / "imagesTr" / "a_0001.nii.gz", np.zeros((4, 4, 4)))
@@ -254,7 +254,11 @@ def test_nnunet_raw_source_takes_channel_zero_images(tmp_path: Path) -> None:
     write_volume(root / "labelsTr" / "a.nii.gz", np.zeros((4, 4, 4)))
     (root / "dataset.json").write_text(json.dumps({"file_ending": ".nii.gz"}))
     files = D.list_source_files(SourceConfig(str(root), "MRI"))
-    assert [f.name for f in files] == ["a_0000.nii.gz", "b_0000.nii.gz"]
+    assert [f.name for f in files] == ["a_0000.nii.gz"]  # test images only when named
+    assert [f.name for f in D.list_source_files(SourceConfig(str(root / "imagesTs"), "MRI"))] == ["b_0000.nii.gz"]
+    (root / "dataset.json").write_text("{not json")
+    with pytest.raises(InputError, match=r"dataset.json is not JSON .* give the images folder"):
+        D.list_source_files(SourceConfig(str(root), "MRI"))
 
 
 # ---------------------------------------------------------------------------------------------- bad input

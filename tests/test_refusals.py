@@ -70,6 +70,14 @@ def test_missing_source_leaves_no_output_folder(tmp_path: Path) -> None:
     assert not out.exists()
 
 
+def test_demo_refuses_a_labelled_count_before_generating_anything(tmp_path: Path) -> None:
+    from nnunetv2_xlstm.demo.run_demo import demo_entry
+
+    with pytest.raises(SystemExit, match="--labelled 100 with 10 training phantoms"):
+        demo_entry(["--output", str(tmp_path / "demo"), "--labelled", "100"])
+    assert not (tmp_path / "demo").exists()
+
+
 @pytest.mark.parametrize("value", ["nan", "inf", "-1", "ten"])
 def test_time_budget_must_be_a_finite_positive_number(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     monkeypatch.setenv(MINUTES_ENV, value)

@@ -9,12 +9,15 @@ every arm's plans from that, so the arms share data, spacing, patch and batch an
 ``xlstm``              ``XLSTMUNet``, shaped like the pretrained encoder when one is given; from scratch
 ``xlstm_pretrained``   the same plans, starting from the pretrained encoder
 ``xlstm_no_mlstm``     the ``xlstm`` network with its mLSTM blocks removed (``mlstm_stages=[]``): the ablation
+``xlstm_light``        the ``xlstm`` network with one residual block per stage (mLSTM kept): about stock nnU-Net's
+                       step time, so that the mLSTM is also judged at equal cost
 ``xlstm_semi``         the ``xlstm`` plans, trained semi-supervised on the fold's unlabelled patients too
 ``xlstm_pretrained_``  the same from the pretrained encoder
 ``semi``
 =====================  =====================================================================================
 
-The semi-supervised arms run only when named in ``--arms`` (:data:`DEFAULT_ARMS` are the others).
+The semi-supervised arms and ``xlstm_light`` run only when named in ``--arms`` (:data:`DEFAULT_ARMS` are the
+others).
 
 The ``full`` preset plans the stock arms with nnU-Net's own planners (``nnUNetPlans``, ``nnUNetResEncUNetMPlans``).
 """
@@ -34,9 +37,9 @@ from nnunetv2_xlstm.planning.planner import XLSTMUNetPlanner, attach_encoder
 
 ARMS = {"stock": "nnU-Net (PlainConvUNet)", "resenc_m": "ResEnc-M", "xlstm": "XLSTMUNet, scratch",
         "xlstm_pretrained": "XLSTMUNet, pretrained", "xlstm_no_mlstm": "XLSTMUNet without mLSTM",
-        "xlstm_semi": "XLSTMUNet, semi-supervised", "xlstm_pretrained_semi": "XLSTMUNet, pretrained, semi-supervised"}
+        "xlstm_light": "XLSTMUNet, one block per stage", "xlstm_semi": "XLSTMUNet, semi-supervised", "xlstm_pretrained_semi": "XLSTMUNet, pretrained, semi-supervised"}
 DEFAULT_ARMS = ("stock", "resenc_m", "xlstm", "xlstm_pretrained", "xlstm_no_mlstm")
-DERIVED = ("stock", "resenc_m", "xlstm", "xlstm_no_mlstm")  # arms with plans of their own; the others use xlstm's
+DERIVED = ("stock", "resenc_m", "xlstm", "xlstm_no_mlstm", "xlstm_light")  # arms with plans of their own; the others use xlstm's
 PRETRAINED = ("xlstm_pretrained", "xlstm_pretrained_semi")  # arms that need an encoder
 CONFIG = "3d_fullres"
 PLAIN_CONV_UNET = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
@@ -60,6 +63,12 @@ def resenc_m_architecture(xlstm: dict) -> dict:
 
 def without_mlstm(xlstm: dict) -> dict:
     return {**xlstm, "arch_kwargs": {**xlstm["arch_kwargs"], "mlstm_stages": []}}
+
+
+def one_block_per_stage(xlstm: dict) -> dict:
+    """The XLSTMUNet with one residual block per encoder stage (its mLSTM blocks kept)."""
+    n = xlstm["arch_kwargs"]["n_stages"]
+    return {**xlstm, "arch_kwargs": {**xlstm["arch_kwargs"], "n_blocks_per_stage": [1] * n}}
 
 
 def bench_plans_name(preset: Preset, arm: str | None = None) -> str:
@@ -92,6 +101,7 @@ def plan_arms(dataset_id: int, preset: Preset, encoder: Path | None) -> tuple[di
         xlstm = json.loads((folder / f"{names['xlstm']}.json").read_text())
         arch = xlstm["configurations"][CONFIG]["architecture"]
         names["xlstm_no_mlstm"] = _save(folder, derived_plans(xlstm, f"{names['xlstm']}_no_mlstm", without_mlstm(arch)))
+        names["xlstm_light"] = _save(folder, derived_plans(xlstm, f"{names['xlstm']}_light", one_block_per_stage(arch)))
     else:
         from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints
 
@@ -111,7 +121,8 @@ def plan_arms(dataset_id: int, preset: Preset, encoder: Path | None) -> tuple[di
                 planned["arch_kwargs"])}
         names = {}
         for arm, arch in (("stock", stock_architecture(planned)), ("resenc_m", resenc_m_architecture(planned)),
-                          ("xlstm", xlstm), ("xlstm_no_mlstm", without_mlstm(xlstm))):
+                          ("xlstm", xlstm), ("xlstm_no_mlstm", without_mlstm(xlstm)),
+                          ("xlstm_light", one_block_per_stage(xlstm))):
             plans = derived_plans(base, bench_plans_name(preset, arm), arch)
             if arm == "xlstm" and encoder is not None:
                 warnings += attach_encoder(plans, encoder, load_exported_encoder(encoder)[1], folder)

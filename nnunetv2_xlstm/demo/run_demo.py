@@ -1,8 +1,8 @@
 """``nnunetv2_xlstm_demo``: the whole chain on synthetic CT and MRI phantoms, through the real commands, on a CPU.
 
-phantoms -> ``nnunetv2_xlstm_pretrain`` (tiny, on the training images, labels unused) -> ``nnunetv2_xlstm_split``
-(a few labelled cases) -> ``nnunetv2_xlstm_plan_and_preprocess --pretrained_encoder`` -> ``nnUNetv2_train`` twice, with
-``nnUNetTrainerXLSTMPretrained_short`` and the matched ``nnUNetTrainerXLSTMScratch_short`` -> ``nnUNetv2_predict`` ->
+phantoms -> ``nnunetv2_xlstm_split`` (a few labelled cases) -> ``nnunetv2_xlstm_pretrain`` (tiny, on the training
+images but the validation cases, labels unused) -> ``nnunetv2_xlstm_plan_and_preprocess --pretrained_encoder`` ->
+``nnUNetv2_train`` twice, with ``nnUNetTrainerXLSTMPretrained_short`` and the matched ``nnUNetTrainerXLSTMScratch_short`` -> ``nnUNetv2_predict`` ->
 ``nnUNetv2_evaluate_folder`` -> Dice per structure, side by side, and an overlay PNG.
 """
 
@@ -83,6 +83,9 @@ def run_demo(output: Path, dataset_id: int = 990, num_train: int = 10, num_test:
     """Run the chain into ``output`` (nnUNet_raw/preprocessed/results inside it); return the test Dice per structure
     of each arm (``{"pretrained": {...}, "scratch": {...}}``). ``schedule`` is the trainers' suffix (``short`` or
     ``smoke``); ``labelled`` training cases get labels, 2 are for validation, the rest stay unlabelled."""
+    if not 1 <= labelled <= num_train - 2 or num_test < 1:  # 2 training cases validate; checked before any work
+        raise InputError(f"--labelled {labelled} with {num_train} training phantoms: give 1 to {num_train - 2} "
+                         f"labelled cases (2 validate), and at least 1 test phantom")
     output = Path(output).resolve()
     _prepare_output(output)
     env = nnunet_environment(output)
@@ -90,7 +93,7 @@ def run_demo(output: Path, dataset_id: int = 990, num_train: int = 10, num_test:
     raw = Path(env["nnUNet_raw"])
     trainers = {arm: f"{name}_{schedule}" for arm, name in ARMS.items()}
     times: dict[str, float] = {}
-    steps = ["phantoms", "pretrain", "split", "plan+preprocess", *(f"train {a}" for a in ARMS),
+    steps = ["phantoms", "split", "pretrain", "plan+preprocess", *(f"train {a}" for a in ARMS),
              *(f"predict {a}" for a in ARMS), *(f"evaluate {a}" for a in ARMS), "report"]
     bar = tqdm(steps, desc="demo", unit="step", file=sys.stdout)
     for step in bar:
@@ -106,8 +109,11 @@ def run_demo(output: Path, dataset_id: int = 990, num_train: int = 10, num_test:
                 listing = output / f"pretrain_{modality}.txt"
                 listing.write_text("".join(f"{f}\n" for f in sorted((dataset / "imagesTr").glob(f"*_{modality}_*"))))
                 sources += ["--source", f"{listing}:{modality}" + (":hu=false" if modality == "CT" else "")]
+            # the validation cases stay out of the pool: fine-tuning refuses an encoder that saw them
+            splits = Path(env["nnUNet_preprocessed"]) / dataset.name / "splits_final.json"
+            held_out = json.loads(splits.read_text())[0]["val"]
             run_command(["nnunetv2_xlstm_pretrain", "--preset", pretrain_preset, "--output",
-                         str(output / "pretraining"), *sources, "--no_pbar"], env)
+                         str(output / "pretraining"), *sources, "--exclude_patients", *held_out, "--no_pbar"], env)
             for checkpoint in (output / "pretraining").glob("checkpoint_*.pt"):  # the export is what the demo uses
                 checkpoint.unlink()
         elif step == "split":

@@ -97,16 +97,25 @@ def _env_number(name: str, kind: type, minimum: float) -> float | None:
     return number
 
 
-def _refusals_without_traceback(kind: type, value: BaseException, tb) -> None:
+class _RefusalsWithoutTraceback:
     """nnU-Net's commands (``nnUNetv2_train``, ``_predict``) end with a traceback for any error; a refusal of ours
-    (:class:`InputError`: wrong plans, a changed encoder, a bad unlabelled list) already says what to fix."""
-    if issubclass(kind, InputError):
-        print(f"{Path(sys.argv[0]).name}: error: {value}", file=sys.stderr)
-    else:
-        _previous_excepthook(kind, value, tb)
+    (:class:`InputError`: wrong plans, a changed encoder, a bad unlabelled list) already says what to fix, so it is
+    printed as one line. Installed by our trainers when nnU-Net builds one, never at import."""
+
+    def __init__(self, previous) -> None:
+        self.previous = previous
+
+    def __call__(self, kind: type, value: BaseException, tb) -> None:
+        if issubclass(kind, InputError):
+            print(f"{Path(sys.argv[0]).name}: error: {value}", file=sys.stderr)
+        else:
+            self.previous(kind, value, tb)
 
 
-_previous_excepthook, sys.excepthook = sys.excepthook, _refusals_without_traceback
+def install_refusal_hook() -> None:
+    """Print our refusals in this process as one line (idempotent)."""
+    if not isinstance(sys.excepthook, _RefusalsWithoutTraceback):
+        sys.excepthook = _RefusalsWithoutTraceback(sys.excepthook)
 
 
 def check_pretrained_weights_argument(argv: list[str] | None = None) -> None:
@@ -159,6 +168,7 @@ class ScheduledTrainer(nnUNetTrainer):
         # (measured on 2 cores with ACDC: no slower than 1 or 2 workers, one process less; docs/benchmarks.md)
         self.augment_in_process = (self.device.type == "cpu" and "nnUNet_n_proc_DA" not in os.environ
                                    and (os.cpu_count() or 1) <= CPU_DA_CORES)
+        install_refusal_hook()
         check_pretrained_weights_argument()
         self.seed = _env_number(SEED_ENV, int, 0)
         minutes = _env_number(MINUTES_ENV, float, 1e-3)
@@ -183,6 +193,7 @@ class ScheduledTrainer(nnUNetTrainer):
                                    num_input_channels: int, num_output_channels: int,
                                    enable_deep_supervision: bool = True) -> nn.Module:
         """nnU-Net's network for the plans, its forward in bf16 where :data:`bf16` and the device allow."""
+        install_refusal_hook()  # nnUNetv2_predict builds the network through this classmethod, without a trainer
         return autocast_forward(nnUNetTrainer.build_network_architecture(
             plans_manager, configuration_manager, num_input_channels, num_output_channels, enable_deep_supervision),
             cls.bf16)
