@@ -115,7 +115,8 @@ ENCODER_ARCH_KEYS = ("n_stages", "features_per_stage", "kernel_sizes", "n_blocks
 
 
 def load_encoder_into(network: torch.nn.Module, path: str | Path, arch_kwargs: dict | None = None,
-                      input_channels: int | None = None, decoder: bool = False) -> dict[str, list[str]]:
+                      input_channels: int | None = None, decoder: bool = False,
+                      export: tuple[dict, dict] | None = None) -> dict[str, list[str]]:
     """Load an exported encoder (and, with ``decoder``, its decoder) into ``network`` (an XLSTMUNet) strictly; return
     ``{"loaded": keys, "fresh": keys}``.
 
@@ -124,9 +125,10 @@ def load_encoder_into(network: torch.nn.Module, path: str | Path, arch_kwargs: d
     file must exist in the network; otherwise nothing is loaded and :class:`InputError` lists the keys that differ and
     why. ``arch_kwargs`` (the network's plans kwargs) and ``input_channels``, when given, are compared with the
     export's first, for a message in terms of the architecture. ``fresh`` lists the network's other keys (decoder,
-    segmentation heads), which keep their initialisation.
+    segmentation heads), which keep their initialisation. ``export``: the file's :func:`load_exported_encoder`
+    result when the caller has read it already (``path`` then only names it in messages).
     """
-    weights, plan = load_exported_encoder(path)
+    weights, plan = export if export is not None else load_exported_encoder(path)
     if decoder and not any(k.startswith("decoder.") for k in weights):
         raise InputError(f"{path} holds no decoder (exported with export_decoder=false, or by the DINO objective); "
                          f"load its encoder alone (nnUNetTrainerXLSTMPretrained)")
@@ -165,19 +167,20 @@ def load_encoder_into(network: torch.nn.Module, path: str | Path, arch_kwargs: d
     return {"loaded": sorted(wanted), "fresh": fresh}
 
 
-def check_export_fits_its_plan(path: str | Path) -> None:
+def check_export_fits_its_plan(path: str | Path, export: tuple[dict, dict] | None = None) -> None:
     """Build the network an export's adaptation plan describes and load the export into it strictly (encoder, and
-    decoder where it has one): :class:`InputError` for tensors that do not match their own architecture."""
+    decoder where it has one): :class:`InputError` for tensors that do not match their own architecture.
+    ``export``: the file's :func:`load_exported_encoder` result, if already read."""
     import pydoc
 
     from nnunetv2_xlstm.network.xlstm_unet import XLSTMUNet
 
-    weights, plan = load_exported_encoder(path)
+    weights, plan = export = export if export is not None else load_exported_encoder(path)
     arch = plan["architecture_plans"]
     imports = set(arch.get("arch_kwargs_requiring_import", ()))
     kwargs = {k: pydoc.locate(v) if k in imports and v is not None else v for k, v in arch["arch_kwargs"].items()}
     network = XLSTMUNet(input_channels=plan["pretrain_num_input_channels"], num_classes=1, **kwargs)
-    load_encoder_into(network, path, decoder=any(k.startswith("decoder.") for k in weights))
+    load_encoder_into(network, path, decoder=any(k.startswith("decoder.") for k in weights), export=export)
 
 
 def _plain(value: Any) -> Any:

@@ -57,9 +57,9 @@ def pretrain_entry(argv: list[str] | None = None) -> None:
             print(f"exported encoder: {export_checkpoint(a.output)}")
             return
 
+        excluded = a.exclude_patients and f"[{','.join(a.exclude_patients)}]"
         shorthands = [f"{k}={v}" for k, v in (("plans", a.plans), ("plans_configuration", a.plans_configuration),
-                                              ("exclude_patients", a.exclude_patients and f"[{','.join(a.exclude_patients)}]"))
-                      if v]
+                                              ("exclude_patients", excluded)) if v]
         config = load_config(a.config, a.preset, [*shorthands, *a.set], [parse_source(s) for s in a.source])
         print(describe(config), flush=True)
         result = pretrain(config, a.output, resume=a.resume, progress=not a.no_pbar)

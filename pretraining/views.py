@@ -110,6 +110,7 @@ class MultiCropDataset(torch.utils.data.Dataset):
     def __init__(self, pool: list[Volume], config: PretrainConfig, rank: int = 0) -> None:
         self.pool, self.config, self.rank = pool, config, rank
         self.spacing = np.asarray(config.target_spacing)
+        self.grid = token_grid(config)
         self.global_aug = view_augmentation(config.global_crop_voxels, strong=False)
         self.strong_global_aug = view_augmentation(config.global_crop_voxels, strong=True)
         self.local_aug = view_augmentation(config.local_crop_voxels, strong=True)
@@ -136,7 +137,7 @@ class MultiCropDataset(torch.utils.data.Dataset):
         return torch.stack(globals_), torch.stack(locals_) if locals_ else empty
 
     def token_masks(self, rng: np.random.Generator) -> torch.Tensor:
-        n_tokens = int(np.prod(token_grid(self.config)))
+        n_tokens = int(np.prod(self.grid))
         masks = np.zeros((2, n_tokens), bool)
         for m in masks:
             if self.config.ibot and rng.random() < 0.5:

@@ -1,5 +1,6 @@
-"""The demo chain through the real commands, on CPU: pretrain -> split -> plan like the encoder -> nnUNetv2_train
-(pretrained and scratch) -> predict -> evaluate; then find_best_configuration and ensembling on its models."""
+"""The demo chain through the real commands, on CPU: split -> pretrain (without the validation cases) -> plan like
+the encoder -> nnUNetv2_train (pretrained and scratch) -> predict -> evaluate; then find_best_configuration and
+ensembling on its models."""
 
 from __future__ import annotations
 

@@ -37,9 +37,11 @@ from nnunetv2_xlstm.planning.planner import XLSTMUNetPlanner, attach_encoder
 
 ARMS = {"stock": "nnU-Net (PlainConvUNet)", "resenc_m": "ResEnc-M", "xlstm": "XLSTMUNet, scratch",
         "xlstm_pretrained": "XLSTMUNet, pretrained", "xlstm_no_mlstm": "XLSTMUNet without mLSTM",
-        "xlstm_light": "XLSTMUNet, one block per stage", "xlstm_semi": "XLSTMUNet, semi-supervised", "xlstm_pretrained_semi": "XLSTMUNet, pretrained, semi-supervised"}
+        "xlstm_light": "XLSTMUNet, one block per stage", "xlstm_semi": "XLSTMUNet, semi-supervised",
+        "xlstm_pretrained_semi": "XLSTMUNet, pretrained, semi-supervised"}
 DEFAULT_ARMS = ("stock", "resenc_m", "xlstm", "xlstm_pretrained", "xlstm_no_mlstm")
-DERIVED = ("stock", "resenc_m", "xlstm", "xlstm_no_mlstm", "xlstm_light")  # arms with plans of their own; the others use xlstm's
+# arms with plans of their own; the others use xlstm's
+DERIVED = ("stock", "resenc_m", "xlstm", "xlstm_no_mlstm", "xlstm_light")
 PRETRAINED = ("xlstm_pretrained", "xlstm_pretrained_semi")  # arms that need an encoder
 CONFIG = "3d_fullres"
 PLAIN_CONV_UNET = "dynamic_network_architectures.architectures.unet.PlainConvUNet"

@@ -135,11 +135,11 @@ def paired_difference(mine: dict[str, dict], theirs: dict[str, dict], structures
     per_seed: dict[str, list[float]] = {s: [] for s in names}
     for seed in common:
         a, b = _case_dice(mine[seed], structures), _case_dice(theirs[seed], structures)
-        for patient, cases in group_patients(sorted(set(a) & set(b)), group_pattern).items():
-            for s in names:
-                by_patient[s].setdefault(patient, []).extend(a[c][s] - b[c][s] for c in cases)
+        common_cases = sorted(set(a) & set(b))
         for s in names:
-            d = [a[c][s] - b[c][s] for c in sorted(set(a) & set(b))]
+            for patient, cases in group_patients(common_cases, group_pattern).items():
+                by_patient[s].setdefault(patient, []).extend(a[c][s] - b[c][s] for c in cases)
+            d = [a[c][s] - b[c][s] for c in common_cases]
             per_seed[s].append(float(np.nanmean(d)) if d else float("nan"))
     out = {}
     for s in names:

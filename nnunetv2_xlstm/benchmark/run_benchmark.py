@@ -41,8 +41,8 @@ from nnunetv2_xlstm.checkpoints import load_exported_encoder, load_nnunet_checkp
 from nnunetv2_xlstm.commands import run_command
 from nnunetv2_xlstm.datasets import check_dataset_json, find_raw_dataset
 from nnunetv2_xlstm.env import InputError, ext_trainer_value, require_env
-from nnunetv2_xlstm.leakage import TRANSDUCTIVE_ENV, case_id, check_no_leak
 from nnunetv2_xlstm.evaluation import LabelSpec, evaluate_folder, parse_spec
+from nnunetv2_xlstm.leakage import TRANSDUCTIVE_ENV, case_id, check_no_leak
 from nnunetv2_xlstm.splits import DEFAULT_GROUP_PATTERN, write_few_label_splits
 from nnunetv2_xlstm.training.trainers import MINUTES_ENV, SEED_ENV
 
@@ -90,8 +90,7 @@ def run_benchmark(dataset_id: int, preset: Preset, output: Path, budgets: list[s
     output = Path(output).resolve()
     if output.exists() and not output.is_dir():
         raise InputError(f"--output {output} is a file; give a folder")
-    if encoder is not None:
-        load_exported_encoder(encoder)  # refuses a missing, foreign or malformed export now, not after planning
+    encoder_plan = load_exported_encoder(encoder)[1] if encoder is not None else None  # refused now, not after planning
     if test_folder is not None and not ((test_folder / "imagesTs").is_dir() and (test_folder / "labelsTs").is_dir()):
         raise InputError(f"--test_folder {test_folder} needs imagesTs/ and labelsTs/ folders")
     raw = find_raw_dataset(dataset_id)
@@ -132,8 +131,7 @@ def run_benchmark(dataset_id: int, preset: Preset, output: Path, budgets: list[s
     if encoder is not None:  # no score on a patient the encoder was pretrained on, unless asked for
         scored = summary["val_patients"] + (
             [case_id(f) for f in (test_folder / "imagesTs").iterdir()] if test_folder is not None else [])
-        leakage = check_no_leak(load_exported_encoder(encoder)[1], scored, encoder, "development or test",
-                                transductive, group_pattern)
+        leakage = check_no_leak(encoder_plan, scored, encoder, "development or test", transductive, group_pattern)
         if leakage:
             print(f"WARNING: {leakage}")
         if transductive:  # the trainers check the encoder against their fold too
@@ -188,10 +186,10 @@ def run_benchmark(dataset_id: int, preset: Preset, output: Path, budgets: list[s
         except (RuntimeError, InputError) as e:  # a failed run is reported, the others go on
             run["status"] = f"failed: {e}"
             tqdm.write(f"{arm}, {budget} patients, seed {seed}: {run['status']}", file=sys.stdout)
-        result["summary"] = summarise(runs, result["structures"], result.get("group_pattern", DEFAULT_GROUP_PATTERN))
+        result["summary"] = summarise(runs, result["structures"], group_pattern)
         save(result, output, figures=True)
     bar.close()
-    result["summary"] = summarise(runs, result["structures"], result.get("group_pattern", DEFAULT_GROUP_PATTERN))
+    result["summary"] = summarise(runs, result["structures"], group_pattern)
     result["speed"] = speed(result, arms, dataset_id, dataset_json, test_folder,
                             summary["folds"][0]["val"][:timing_cases], device, env, output)
     save(result, output, figures=True)

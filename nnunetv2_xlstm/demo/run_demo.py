@@ -2,8 +2,8 @@
 
 phantoms -> ``nnunetv2_xlstm_split`` (a few labelled cases) -> ``nnunetv2_xlstm_pretrain`` (tiny, on the training
 images but the validation cases, labels unused) -> ``nnunetv2_xlstm_plan_and_preprocess --pretrained_encoder`` ->
-``nnUNetv2_train`` twice, with ``nnUNetTrainerXLSTMPretrained_short`` and the matched ``nnUNetTrainerXLSTMScratch_short`` -> ``nnUNetv2_predict`` ->
-``nnUNetv2_evaluate_folder`` -> Dice per structure, side by side, and an overlay PNG.
+``nnUNetv2_train`` twice, with ``nnUNetTrainerXLSTMPretrained_short`` and the matched
+``nnUNetTrainerXLSTMScratch_short`` -> ``nnUNetv2_predict`` -> ``nnUNetv2_evaluate_folder`` -> Dice per structure, side by side, and an overlay PNG.
 """
 
 from __future__ import annotations

@@ -66,8 +66,9 @@ def plan_and_preprocess(dataset_ids: list[int], planner: str = "XLSTMUNetPlanner
     raw = {d: find_raw_dataset(d) for d in dataset_ids}
     dataset_jsons = {d: check_dataset_json(folder) for d, folder in raw.items()}
     if "pretrained_encoder" in planner_kwargs:
-        _, plan = load_exported_encoder(planner_kwargs["pretrained_encoder"])  # refuse a wrong file before any work
-        check_export_fits_its_plan(planner_kwargs["pretrained_encoder"])
+        export = load_exported_encoder(planner_kwargs["pretrained_encoder"])  # refuse a wrong file before any work
+        check_export_fits_its_plan(planner_kwargs["pretrained_encoder"], export)
+        plan = export[1]
         for d, dataset_json in dataset_jsons.items():
             if len(dataset_json["channel_names"]) != plan["pretrain_num_input_channels"]:
                 raise InputError(f"{planner_kwargs['pretrained_encoder']} was pretrained on "

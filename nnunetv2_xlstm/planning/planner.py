@@ -33,8 +33,9 @@ class XLSTMUNetPlanner(ResEncUNetPlanner):
     With ``pretrained_encoder`` (an ``encoder_export.pt``) the 3D networks copy the encoder's architecture (stages,
     widths, kernel sizes, blocks, mLSTM placement; see :meth:`match_encoder`). An encoder pretrained in a plans'
     geometry (``--plans``) also gives the 3d_fullres spacing, patch size, strides and decoder, so that its encoder
-    and decoder load strictly; an isotropic one leaves spacing, patch size and strides data-driven; the plans (default name ``nnUNetPlansXLSTMEncoder``) record the encoder, which is copied beside them
-    for ``nnUNetTrainerXLSTMPretrained``. The width options do not apply then.
+    and decoder load strictly; an isotropic one leaves spacing, patch size and strides data-driven. The plans
+    (default name ``nnUNetPlansXLSTMEncoder``) record the encoder, which is copied beside them for
+    ``nnUNetTrainerXLSTMPretrained``. The width options do not apply then.
     """
 
     def __init__(self, dataset_name_or_id: str | int, gpu_memory_target_in_gb: float = 8,
@@ -68,7 +69,7 @@ class XLSTMUNetPlanner(ResEncUNetPlanner):
         return {"mlstm_stages": list(range(max(n_stages - self.n_mlstm_stages, 0), n_stages)),
                 "mlstm_blocks_per_stage": self.mlstm_blocks_per_stage}
 
-    def match_encoder(self, arch_kwargs: dict) -> dict:
+    def match_encoder(self, arch_kwargs: dict, geometry: bool = True) -> dict:
         """``arch_kwargs`` with the pretrained encoder's architecture, or with this planner's mLSTM kwargs if none.
 
         From the encoder: every key that shapes its weights (:data:`ENCODER_ARCH_KEYS`, e.g. 3x3x3 kernels where
@@ -79,7 +80,7 @@ class XLSTMUNetPlanner(ResEncUNetPlanner):
         if self.encoder_plan is None or len(arch_kwargs["strides"][0]) != 3:
             return {**arch_kwargs, **self.mlstm_kwargs(arch_kwargs["n_stages"])}
         encoder = self.encoder_plan["architecture_plans"]["arch_kwargs"]
-        if encoder_geometry(self.encoder_plan) is not None:  # pretrained in a plans' geometry: take all of it
+        if geometry and encoder_geometry(self.encoder_plan) is not None:  # pretrained in a plans' geometry: all of it
             return dict(encoder)
         n = encoder["n_stages"]
         strides = [list(s) for s in arch_kwargs["strides"]][:n]
@@ -87,15 +88,6 @@ class XLSTMUNetPlanner(ResEncUNetPlanner):
         decoder_convs = list(arch_kwargs["n_conv_per_stage_decoder"])
         return {**arch_kwargs, **{k: encoder[k] for k in ENCODER_ARCH_KEYS if k in encoder}, "strides": strides,
                 "n_conv_per_stage_decoder": (decoder_convs + decoder_convs[-1:] * n)[:n - 1]}
-
-    def _encoder_weights_only(self, arch_kwargs: dict) -> dict:
-        """:meth:`match_encoder` as for an encoder without a geometry: its weights' shape, the planned strides."""
-        plan = self.encoder_plan
-        self.encoder_plan = {**plan, "pretrain_plan": {**plan["pretrain_plan"], "geometry": None}}
-        try:
-            return self.match_encoder(arch_kwargs)
-        finally:
-            self.encoder_plan = plan
 
     def static_estimate_VRAM_usage(self, patch_size: Sequence[int], input_channels: int, output_channels: int,
                                    arch_class_name: str, arch_kwargs: dict,
@@ -110,10 +102,9 @@ class XLSTMUNetPlanner(ResEncUNetPlanner):
                                                    approximate_n_voxels_dataset, _cache)
         geometry = encoder_geometry(self.encoder_plan) if self.encoder_plan is not None else None
         if geometry is not None and len(spacing) == 3 and not np.allclose(spacing, geometry["spacing"]):
-            geometry = None  # another resolution (3d_lowres): strides and patch stay planned
-            plan["architecture"]["arch_kwargs"] = self._encoder_weights_only(plan["architecture"]["arch_kwargs"])
-        else:
-            plan["architecture"]["arch_kwargs"] = self.match_encoder(plan["architecture"]["arch_kwargs"])
+            geometry = None  # another resolution (3d_lowres): strides and patch stay planned, weights' shapes follow
+        plan["architecture"]["arch_kwargs"] = self.match_encoder(plan["architecture"]["arch_kwargs"],
+                                                                 geometry is not None)
         if geometry is not None:
             plan["patch_size"] = list(geometry["patch_size"])
         if self.batch_size is not None:

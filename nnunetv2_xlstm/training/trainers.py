@@ -38,15 +38,16 @@ from torch.nn.parallel import DistributedDataParallel
 
 from nnunetv2_xlstm.atomic import atomic_write_text
 from nnunetv2_xlstm.checkpoints import file_sha256, load_encoder_into, load_exported_encoder, load_nnunet_checkpoint
-from nnunetv2_xlstm.leakage import case_id, check_no_leak
 from nnunetv2_xlstm.env import InputError
+from nnunetv2_xlstm.leakage import case_id, check_no_leak
 from nnunetv2_xlstm.network.xlstm_unet import XLSTMUNet
 from nnunetv2_xlstm.precision import autocast_forward, bf16_decision
 from nnunetv2_xlstm.training.lr_schedule import WarmupPolyLR
 
 __all__ = ["nnUNetTrainerXLSTM", "nnUNetTrainerXLSTM_short", "nnUNetTrainerXLSTM_smoke",
-           "nnUNetTrainerXLSTMPretrained", "nnUNetTrainerXLSTMPretrainedDecoder", "nnUNetTrainerXLSTMPretrainedDecoder_smoke",
-           "nnUNetTrainerXLSTMPretrainedDecoder_cpulong", "nnUNetTrainerXLSTMPretrained_short", "nnUNetTrainerXLSTMPretrained_smoke",
+           "nnUNetTrainerXLSTMPretrained", "nnUNetTrainerXLSTMPretrainedDecoder",
+           "nnUNetTrainerXLSTMPretrainedDecoder_smoke", "nnUNetTrainerXLSTMPretrainedDecoder_cpulong",
+           "nnUNetTrainerXLSTMPretrained_short", "nnUNetTrainerXLSTMPretrained_smoke",
            "nnUNetTrainerXLSTMPretrained_cpu", "nnUNetTrainerXLSTMPretrained_gpu15min",
            "nnUNetTrainerXLSTMScratch", "nnUNetTrainerXLSTMScratch_short", "nnUNetTrainerXLSTMScratch_smoke",
            "nnUNetTrainerBenchmark", "nnUNetTrainerBenchmark_smoke", "nnUNetTrainerBenchmark_cpu",
@@ -315,9 +316,10 @@ class ScheduledTrainer(nnUNetTrainer):
         if not path.is_file() or file_sha256(path) != info["sha256"]:
             raise InputError(f"{path}, the encoder these plans were made for, is missing or has changed since "
                              f"planning; plan again with --pretrained_encoder")
-        self.check_encoder_pool(path)
+        export = load_exported_encoder(path)
+        self.check_encoder_pool(path, export[1])
         report = load_encoder_into(self.plain_network(), path, self.configuration_manager.network_arch_init_kwargs,
-                                   self.num_input_channels, decoder=self.load_decoder)
+                                   self.num_input_channels, decoder=self.load_decoder, export=export)
         count = lambda keys: ", ".join(f"{k} {n}" for k, n in Counter(".".join(k.split(".")[:2]) for k in keys).items())
         listing = atomic_write_text(Path(self.output_folder) / "pretrained_encoder_keys.json",
                                     json.dumps({"encoder": str(path), "source": info.get("source"), **report}, indent=1))
@@ -325,14 +327,15 @@ class ScheduledTrainer(nnUNetTrainer):
                                f"{len(report['loaded'])} tensors ({count(report['loaded'])}); initialised afresh: "
                                f"{len(report['fresh'])} tensors ({count(report['fresh'])}); every key in {listing}")
 
-
-    def check_encoder_pool(self, path: Path) -> None:
-        """Refuse an encoder pretrained on a patient this fold validates on, or on a test image of the raw data set
-        (``imagesTs``); ``NNUNETV2_XLSTM_TRANSDUCTIVE=1`` allows it, logged (:mod:`nnunetv2_xlstm.leakage`)."""
+    def check_encoder_pool(self, path: Path, plan: dict) -> None:
+        """Refuse an encoder (``plan``: its adaptation plan) pretrained on a patient this fold validates on, or on a
+        test image of the raw data set (``imagesTs``); ``NNUNETV2_XLSTM_TRANSDUCTIVE=1`` allows it, logged
+        (:mod:`nnunetv2_xlstm.leakage`)."""
         _, val_keys = self.do_split()
-        raw = Path(os.environ.get("nnUNet_raw", "")) / self.plans_manager.dataset_name / "imagesTs"
-        test = [case_id(f) for f in raw.iterdir()] if os.environ.get("nnUNet_raw") and raw.is_dir() else []
-        note = check_no_leak(load_exported_encoder(path)[1], [*val_keys, *test], path, "validation or test")
+        raw = os.environ.get("nnUNet_raw")
+        test_folder = Path(raw or ".") / self.plans_manager.dataset_name / "imagesTs"
+        test = [case_id(f) for f in test_folder.iterdir()] if raw and test_folder.is_dir() else []
+        note = check_no_leak(plan, [*val_keys, *test], path, "validation or test")
         if note:
             self.print_to_log_file(f"WARNING: {note}")
 
