@@ -1,13 +1,16 @@
 """Reading images for every command: one reader that refuses what SimpleITK would read wrongly or vaguely.
 
 SimpleITK reads a truncated ``.nii.gz`` as a volume zero-filled past the cut, without an error. :func:`read_image`
-first reads the whole gzip stream (its CRC and end-of-stream marker), and refuses empty files, so a broken download
+refuses empty files and checks that a ``.nii.gz`` is whole without decompressing it a second time: the gzip trailer's
+uncompressed size must equal what the NIfTI header describes (header, extensions and voxels). A file whose trailer
+disagrees, or any other ``.gz``, has its whole gzip stream read (CRC and end-of-stream marker), so a broken download
 is named instead of trained on or scored. :func:`check_same_geometry` compares an image and its label field by field.
 """
 
 from __future__ import annotations
 
 import gzip
+import struct
 import zlib
 from pathlib import Path
 
@@ -24,13 +27,45 @@ def check_complete(path: str | Path) -> None:
         raise InputError(f"{path} does not exist")
     if path.stat().st_size == 0:
         raise InputError(f"{path} is empty (0 bytes); copy or convert it again")
-    if path.name.lower().endswith(".gz"):
+    if path.name.lower().endswith(".gz") and not _nifti_gzip_size_matches(path):
         try:
             with gzip.open(path, "rb") as f:
                 while f.read(1 << 24):
                     pass
         except (EOFError, OSError, zlib.error) as e:
             raise InputError(f"{path} is truncated or corrupt ({e}); copy or download it again") from None
+
+
+def _nifti_gzip_size_matches(path: Path) -> bool:
+    """Whether the gzip trailer of a ``.nii.gz`` (uncompressed size mod 2^32) equals the size its NIfTI-1/2 header
+    gives; reads only the header and the last 4 bytes. ``False`` for anything else (then the whole stream is read)."""
+    if not path.name.lower().endswith(".nii.gz"):
+        return False
+    try:
+        with gzip.open(path, "rb") as f:
+            header = f.read(540)
+        with open(path, "rb") as f:
+            f.seek(-4, 2)
+            stored = struct.unpack("<I", f.read(4))[0]
+    except (EOFError, OSError, zlib.error):
+        return False
+    for order in "<>":
+        if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:  # NIfTI-1
+            dims, bitpix = struct.unpack(order + "8h", header[40:56]), struct.unpack(order + "h", header[72:74])[0]
+            offset = struct.unpack(order + "f", header[108:112])[0]
+            break
+        if len(header) == 540 and struct.unpack(order + "i", header[:4])[0] == 540:  # NIfTI-2
+            dims, bitpix = struct.unpack(order + "8q", header[16:80]), struct.unpack(order + "h", header[14:16])[0]
+            offset = struct.unpack(order + "q", header[168:176])[0]
+            break
+    else:
+        return False
+    if not 1 <= dims[0] <= 7 or bitpix <= 0 or offset < 348:
+        return False
+    voxels = 1
+    for d in dims[1:dims[0] + 1]:
+        voxels *= max(int(d), 1)
+    return (int(offset) + voxels * bitpix // 8) % 2 ** 32 == stored
 
 
 def read_image(path: str | Path, what: str = "") -> sitk.Image:

@@ -15,7 +15,7 @@ import SimpleITK as sitk
 from nnunetv2_xlstm.atomic import atomic_write_text
 from nnunetv2_xlstm.demo.phantoms import PhantomGeometry, write_phantom_dataset
 from nnunetv2_xlstm.env import InputError
-from nnunetv2_xlstm.imageio import read_image
+from nnunetv2_xlstm.imageio import _nifti_gzip_size_matches, read_image
 from nnunetv2_xlstm.planning.plan_and_preprocess import plan_and_preprocess
 from nnunetv2_xlstm.splits import few_label_splits, split_entry
 from nnunetv2_xlstm_pretraining.config import SourceConfig, load_config
@@ -38,6 +38,8 @@ def test_truncated_gzip_is_refused_by_the_shared_reader(tmp_path: Path) -> None:
     assert sitk.ReadImage(str(tmp_path / "cut.nii.gz")).GetSize() == (30, 30, 20)  # SimpleITK alone reads zeros
     with pytest.raises(InputError, match="cut.nii.gz is truncated or corrupt"):
         read_image(tmp_path / "cut.nii.gz")
+    # a whole file is not decompressed twice (the gzip trailer matches its header); a cut one is
+    assert _nifti_gzip_size_matches(tmp_path / "ok.nii.gz") and not _nifti_gzip_size_matches(tmp_path / "cut.nii.gz")
     (tmp_path / "empty.nii.gz").write_bytes(b"")
     with pytest.raises(InputError, match="empty.nii.gz is empty"):
         read_image(tmp_path / "empty.nii.gz")

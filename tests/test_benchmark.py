@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
 from nnunetv2_xlstm.benchmark.arms import (
@@ -23,7 +24,6 @@ from nnunetv2_xlstm.benchmark.run_benchmark import check_minutes, check_seeds, r
 from nnunetv2_xlstm.demo.phantoms import PhantomGeometry, write_phantom_dataset
 from nnunetv2_xlstm.env import InputError
 from nnunetv2_xlstm.splits import few_label_splits
-from nnunetv2_xlstm.training import semi, trainers
 
 XLSTM = {"network_class_name": "nnunetv2_xlstm.network.xlstm_unet.XLSTMUNet",
          "arch_kwargs": {"n_stages": 4, "features_per_stage": [8, 16, 32, 32], "conv_op": "torch.nn.modules.conv.Conv3d",
@@ -49,14 +49,13 @@ def test_scaled_spacing_lowers_resolution_up_to_the_coarsest_axis() -> None:
     assert scaled_spacing([3.0, 1.0, 2.0], 1.0) == [3.0, 1.0, 2.0]
 
 
-def test_every_preset_names_existing_trainers_and_says_what_it_changes() -> None:
+def test_every_preset_names_existing_trainers_and_says_what_it_changes(nnunet_env: dict[str, str]) -> None:
     for preset in PRESETS.values():
         for arm in ARMS:
             name = preset.trainer(arm)
-            module = semi if "Semi" in name else trainers
-            assert name == "nnUNetTrainer" or hasattr(module, name), (preset.name, arm, name)
-            schedule = getattr(getattr(module, name), "schedule", None)
-            assert schedule == preset.schedule
+            trainer = recursive_find_trainer_class_by_name(name)  # as nnUNetv2_train finds it
+            assert trainer is not None and trainer.__name__ == name, (preset.name, arm, name)
+            assert getattr(trainer, "schedule", None) == preset.schedule
         assert preset.changes()
     assert PRESETS["cpu"].trainer("xlstm") == PRESETS["cpu"].trainer("stock") == "nnUNetTrainerBenchmark_cpu"
     assert PRESETS["gpu-15min"].trainer("xlstm_pretrained") == "nnUNetTrainerXLSTMPretrained_gpu15min"

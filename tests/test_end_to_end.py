@@ -12,13 +12,13 @@ import pytest
 import SimpleITK as sitk
 
 from nnunetv2_xlstm.commands import run_command
-from nnunetv2_xlstm.demo.run_demo import ARMS, CONFIG, MARKER, PLANS, run_demo
+from nnunetv2_xlstm.demo.run_demo import ARMS, CAVEAT, CONFIG, MARKER, PLANS, run_demo
 from nnunetv2_xlstm.env import InputError
 from nnunetv2_xlstm.labels import WHOLE_HEART_LABELS
 
 
 @pytest.mark.slow
-def test_demo_chain_on_phantoms(tmp_path: Path, nnunet_env: dict[str, str]) -> None:
+def test_demo_chain_on_phantoms(tmp_path: Path, nnunet_env: dict[str, str], capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "demo"
     dice = run_demo(out, dataset_id=992, num_train=6, num_test=2, schedule="smoke", labelled=2,
                     pretrain_preset="smoke")
@@ -45,6 +45,7 @@ def test_demo_chain_on_phantoms(tmp_path: Path, nnunet_env: dict[str, str]) -> N
     assert pred.GetSize() == gt.GetSize() and pred.GetSpacing() == gt.GetSpacing()
     assert (out / "overlay.png").stat().st_size > 10_000 and (out / "pretraining" / "progress.png").is_file()
     assert json.loads((out / "demo_result.json").read_text())["dice"] == dice
+    assert CAVEAT in capsys.readouterr().out  # the table comes with what one phantom run can and cannot show
 
     # downstream of training: model selection over both arms (ensemble included) and ensembling of predictions
     env = {**nnunet_env, **{k: str(out / k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}}

@@ -14,7 +14,8 @@ from nnunetv2_xlstm.env import InputError
 from nnunetv2_xlstm.planning.plan_and_preprocess import plan_and_preprocess
 from nnunetv2_xlstm.planning.planner import XLSTMUNetPlanner, encoder_plan_warnings
 from nnunetv2_xlstm.splits import few_label_splits, group_patients, parse_budget, split_entry
-from nnunetv2_xlstm.training import trainers
+from nnunetv2_xlstm.training import pretrained as pretrained_trainers
+from nnunetv2_xlstm.training import xlstm as xlstm_trainers
 from nnunetv2_xlstm.training.lr_schedule import WarmupPolyLR
 from nnunetv2_xlstm_pretraining.config import SourceConfig, load_config
 from nnunetv2_xlstm_pretraining.model import build_xlstm_unet
@@ -170,7 +171,7 @@ def test_planning_refuses_width_options_and_bad_files(tmp_path: Path, encoder_pl
         plan_and_preprocess([993], planner_kwargs={"pretrained_encoder": tmp_path / "junk.pt"})
 
 
-def _trainer(cls: type, dataset: Path, nnunet_env: dict[str, str], **plan_changes) -> trainers.nnUNetTrainerXLSTM:
+def _trainer(cls: type, dataset: Path, nnunet_env: dict[str, str], **plan_changes) -> xlstm_trainers.nnUNetTrainerXLSTM:
     folder = Path(nnunet_env["nnUNet_preprocessed"]) / dataset.name
     plans = {**json.loads((folder / "nnUNetPlansXLSTMEncoder.json").read_text()), "continue_training": False,
              **plan_changes}
@@ -179,7 +180,7 @@ def _trainer(cls: type, dataset: Path, nnunet_env: dict[str, str], **plan_change
     return trainer
 
 
-def _train_step(trainer: trainers.nnUNetTrainerXLSTM) -> None:
+def _train_step(trainer: xlstm_trainers.nnUNetTrainerXLSTM) -> None:
     net = trainer.plain_network()
     torch.manual_seed(0)
     x = torch.randn(2, 1, *trainer.configuration_manager.patch_size)
@@ -191,7 +192,7 @@ def _train_step(trainer: trainers.nnUNetTrainerXLSTM) -> None:
 def test_encoder_frozen_during_warmup_then_released(encoder_plans: tuple[Path, Path],
                                                     nnunet_env: dict[str, str]) -> None:
     dataset, export = encoder_plans
-    trainer = _trainer(trainers.nnUNetTrainerXLSTMPretrained_smoke, dataset, nnunet_env)
+    trainer = _trainer(pretrained_trainers.nnUNetTrainerXLSTMPretrained_smoke, dataset, nnunet_env)
     assert trainer.warmup_epochs == 1 and trainer.num_epochs == 2
     trainer.load_pretrained_encoder()
     net = trainer.plain_network()
@@ -223,9 +224,9 @@ def test_encoder_frozen_during_warmup_then_released(encoder_plans: tuple[Path, P
 def test_scratch_baseline_matches_but_does_not_load(encoder_plans: tuple[Path, Path],
                                                     nnunet_env: dict[str, str]) -> None:
     dataset, export = encoder_plans
-    scratch = _trainer(trainers.nnUNetTrainerXLSTMScratch_smoke, dataset, nnunet_env)
-    pretrained = _trainer(trainers.nnUNetTrainerXLSTMPretrained_smoke, dataset, nnunet_env)
-    assert not issubclass(trainers.nnUNetTrainerXLSTMScratch, trainers.nnUNetTrainerXLSTMPretrained)
+    scratch = _trainer(xlstm_trainers.nnUNetTrainerXLSTMScratch_smoke, dataset, nnunet_env)
+    pretrained = _trainer(pretrained_trainers.nnUNetTrainerXLSTMPretrained_smoke, dataset, nnunet_env)
+    assert not issubclass(xlstm_trainers.nnUNetTrainerXLSTMScratch, pretrained_trainers.nnUNetTrainerXLSTMPretrained)
     assert (scratch.warmup_epochs, scratch.num_epochs, scratch.initial_lr) == \
         (pretrained.warmup_epochs, pretrained.num_epochs, pretrained.initial_lr) == (1, 2, pretrained.schedule.lr)
     before = {k: v.clone() for k, v in scratch.plain_network().state_dict().items()}
@@ -242,12 +243,12 @@ def test_scratch_baseline_matches_but_does_not_load(encoder_plans: tuple[Path, P
 
 def test_changed_encoder_file_is_refused(encoder_plans: tuple[Path, Path], nnunet_env: dict[str, str]) -> None:
     dataset, _ = encoder_plans
-    trainer = _trainer(trainers.nnUNetTrainerXLSTMPretrained_smoke, dataset, nnunet_env)
+    trainer = _trainer(pretrained_trainers.nnUNetTrainerXLSTMPretrained_smoke, dataset, nnunet_env)
     copied = Path(nnunet_env["nnUNet_preprocessed"]) / dataset.name / "nnUNetPlansXLSTMEncoder_encoder.pt"
     export_encoder(copied, seed=1)
     with pytest.raises(InputError, match="changed since planning"):
         trainer.load_pretrained_encoder()
-    trainer = _trainer(trainers.nnUNetTrainerXLSTMPretrained_smoke, dataset, nnunet_env, pretrained_encoder=None)
+    trainer = _trainer(pretrained_trainers.nnUNetTrainerXLSTMPretrained_smoke, dataset, nnunet_env, pretrained_encoder=None)
     with pytest.raises(InputError, match="name no pretrained encoder.*--pretrained_encoder"):
         trainer.load_pretrained_encoder()
 

@@ -15,7 +15,7 @@ from nnunetv2_xlstm.checkpoints import load_encoder_into, load_exported_encoder
 from nnunetv2_xlstm.demo.phantoms import PhantomGeometry, write_phantom_dataset
 from nnunetv2_xlstm.env import InputError
 from nnunetv2_xlstm.planning.plan_and_preprocess import plan_and_preprocess
-from nnunetv2_xlstm.training import trainers
+from nnunetv2_xlstm.training import pretrained as trainers
 from nnunetv2_xlstm_pretraining.config import SourceConfig, load_config
 from nnunetv2_xlstm_pretraining.data import load_pool, pool_files
 from nnunetv2_xlstm_pretraining.model import build_xlstm_unet

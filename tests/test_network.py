@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from dynamic_network_architectures.architectures import abstract_arch
@@ -143,3 +145,24 @@ def test_encoder_and_stem_keys_hand_over() -> None:
     fresh = make_net(3)
     missing, unexpected = fresh.load_state_dict(encoder, strict=False)
     assert unexpected == [] and all(k.startswith("decoder.") for k in missing)
+
+
+def test_state_dicts_saved_by_earlier_versions_load_and_give_the_same_output() -> None:
+    # tests/data/xlstm_unet_reference.pt: a small XLSTMUNet's state dict, an input and its eval output, saved by the
+    # implementation that predates the ResidualEncoderUNet subclass (checkpoints and exports of that time)
+    ref = torch.load(Path(__file__).parent / "data" / "xlstm_unet_reference.pt", weights_only=True)
+    net = XLSTMUNet(**{**unet_kwargs(3), "features_per_stage": (4, 8, 16, 16)}, mlstm_blocks_per_stage=1)
+    assert isinstance(net, ResidualEncoderUNet)
+    net.load_state_dict(ref["state_dict"], strict=True)
+    net.eval()
+    with torch.no_grad():
+        out = net(ref["input"])
+    torch.testing.assert_close(out, ref["output"], rtol=1e-5, atol=1e-5)
+
+
+def test_dna_block_options_reach_the_encoder() -> None:
+    from dynamic_network_architectures.building_blocks.residual import BottleneckD
+    net = XLSTMUNet(**unet_kwargs(3), block=BottleneckD, bottleneck_channels=(4, 8, 16, 32), stem_channels=8)
+    assert net.encoder.stem.output_channels == 8
+    assert isinstance(net.encoder.stages[0].blocks[0], BottleneckD)
+    assert net(torch.randn(1, 1, 4, 16, 16)).shape == (1, 4, 4, 16, 16)

@@ -18,7 +18,7 @@ from nnunetv2_xlstm.env import InputError, ext_trainer_path
 from nnunetv2_xlstm.network import XLSTMUNet
 from nnunetv2_xlstm.planning.plan_and_preprocess import plan_and_preprocess, plan_and_preprocess_entry
 from nnunetv2_xlstm.planning.planner import XLSTMUNetPlanner
-from nnunetv2_xlstm.training import trainers
+from nnunetv2_xlstm.training import xlstm as trainers
 
 GEOMETRY = PhantomGeometry((32, 32, 32), 4.5)
 
@@ -127,7 +127,7 @@ def test_importing_the_package_leaves_the_excepthook_alone() -> None:
             "    for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + '.'):\n"
             "        importlib.import_module(m.name)\n"
             "assert sys.excepthook is hook, sys.excepthook\n"
-            "from nnunetv2_xlstm.training.trainers import install_refusal_hook\n"
+            "from nnunetv2_xlstm.training.refusals import install_refusal_hook\n"
             "install_refusal_hook(); install_refusal_hook()\n"
             "assert sys.excepthook is not hook and sys.excepthook.previous is hook\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=600)

@@ -115,7 +115,7 @@ def test_trainers_build_bf16_networks(cpu_feature) -> None:
     classmethod): outputs in fp32, within bf16's tolerance of the fp32 network with the same weights, not equal."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from nnunetv2_xlstm.training import trainers
+    from nnunetv2_xlstm.training import xlstm as trainers
 
     kwargs = {"n_stages": 3, "features_per_stage": [8, 16, 32], "conv_op": "torch.nn.modules.conv.Conv3d",
               "kernel_sizes": [[3, 3, 3]] * 3, "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]],

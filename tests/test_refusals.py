@@ -18,7 +18,8 @@ from nnunetv2_xlstm.check import check_entry
 from nnunetv2_xlstm.demo.phantoms import phantoms_entry
 from nnunetv2_xlstm.env import InputError
 from nnunetv2_xlstm.evaluation import LabelSpec, evaluate_folder
-from nnunetv2_xlstm.training.trainers import MINUTES_ENV, _env_number, check_pretrained_weights_argument
+from nnunetv2_xlstm.training.refusals import check_pretrained_weights_argument
+from nnunetv2_xlstm.training.scheduled import MINUTES_ENV, _env_number
 from nnunetv2_xlstm_pretraining.cli import pretrain_entry
 from nnunetv2_xlstm_pretraining.config import SourceConfig, load_config
 from nnunetv2_xlstm_pretraining.data import load_pool

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nnunetv2_xlstm.env import InputError
-from nnunetv2_xlstm.training.trainers import CPU, CPU_LONG, GPU15MIN, SMOKE, Schedule
+from nnunetv2_xlstm.training.schedules import CPU, CPU_LONG, GPU15MIN, SMOKE, Schedule
 
 
 @dataclass(frozen=True)

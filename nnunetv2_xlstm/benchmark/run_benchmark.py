@@ -44,7 +44,7 @@ from nnunetv2_xlstm.env import InputError, ext_trainer_value, require_env
 from nnunetv2_xlstm.evaluation import LabelSpec, evaluate_folder, parse_spec
 from nnunetv2_xlstm.leakage import TRANSDUCTIVE_ENV, case_id, check_no_leak
 from nnunetv2_xlstm.splits import DEFAULT_GROUP_PATTERN, write_few_label_splits
-from nnunetv2_xlstm.training.trainers import MINUTES_ENV, SEED_ENV
+from nnunetv2_xlstm.training.scheduled import MINUTES_ENV, SEED_ENV
 
 RESULT_FORMAT = 2  # runs[budget][arm][seed]
 

@@ -1,9 +1,8 @@
 """XLSTMUNet: a residual-encoder U-Net with bidirectional mLSTM blocks in its deeper encoder stages.
 
-Free of nnU-Net imports: it follows the dynamic-network-architectures contract (``encoder.output_channels``,
-``encoder.strides``, ``encoder.conv_op``, ``encoder.kernel_sizes``, ``decoder.deep_supervision``, ``initialize``,
-``compute_conv_feature_map_size``, ``key_to_encoder`` / ``key_to_stem``), so nnU-Net builds it from plans and the
-pretraining module uses the same encoder on its own.
+Free of nnU-Net imports: a subclass of dynamic-network-architectures' ``ResidualEncoderUNet`` that swaps only the
+encoder stages that carry mLSTM blocks, so nnU-Net builds it from plans like any DNA network and the pretraining
+module uses the same network on its own.
 """
 
 from __future__ import annotations
@@ -12,12 +11,9 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from dynamic_network_architectures.architectures.abstract_arch import AbstractDynamicNetworkArchitectures
-from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim
-from dynamic_network_architectures.building_blocks.residual import StackedResidualBlocks
+from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
+from dynamic_network_architectures.building_blocks.residual import BasicBlockD, BottleneckD, StackedResidualBlocks
 from dynamic_network_architectures.building_blocks.residual_encoders import ResidualEncoder
-from dynamic_network_architectures.building_blocks.unet_decoder import UNetDecoder
-from dynamic_network_architectures.initialization.weight_init import InitWeights_He, init_last_bn_before_add_to_0
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.dropout import _DropoutNd
@@ -47,40 +43,33 @@ class ConvMLSTMStage(nn.Module):
             output_size)
 
 
-class XLSTMResidualEncoder(ResidualEncoder):
-    """dynamic-network-architectures' ``ResidualEncoder`` whose stages ``mlstm_stages`` end in mLSTM blocks.
+def insert_mlstm_stages(encoder: ResidualEncoder, mlstm_stages: Sequence[int] | None, blocks_per_stage: int = 2,
+                        chunk_size: int = 64, ffn_proj_factor: float = 2.0) -> tuple[int, ...]:
+    """End the stages ``mlstm_stages`` of a DNA ``ResidualEncoder`` in bidirectional mLSTM blocks, in place.
 
-    Always returns the skips (U-Net use). Stage ``s`` of ``mlstm_stages`` becomes a :class:`ConvMLSTMStage`; every
-    other stage and the stem are exactly the residual encoder's, so their state-dict keys match ``ResidualEncoderUNet``.
+    ``None`` gives :func:`default_mlstm_stages`; negative indices count from the bottleneck. Every other stage and
+    the stem keep the residual encoder's modules and state-dict keys. Returns the sorted stage indices.
     """
-
-    def __init__(self, input_channels: int, n_stages: int, features_per_stage: Sequence[int], conv_op: type[_ConvNd],
-                 kernel_sizes: int | Sequence, strides: int | Sequence, n_blocks_per_stage: int | Sequence[int],
-                 conv_bias: bool = False, norm_op: type[nn.Module] | None = None, norm_op_kwargs: dict | None = None,
-                 dropout_op: type[_DropoutNd] | None = None, dropout_op_kwargs: dict | None = None,
-                 nonlin: type[nn.Module] | None = None, nonlin_kwargs: dict | None = None,
-                 mlstm_stages: Sequence[int] | None = None, mlstm_blocks_per_stage: int = 2,
-                 mlstm_chunk_size: int = 64, mlstm_ffn_proj_factor: float = 2.0) -> None:
-        super().__init__(input_channels, n_stages, features_per_stage, conv_op, kernel_sizes, strides,
-                         n_blocks_per_stage, conv_bias, norm_op, norm_op_kwargs, dropout_op, dropout_op_kwargs,
-                         nonlin, nonlin_kwargs, return_skips=True)
-        stages = default_mlstm_stages(n_stages) if mlstm_stages is None else mlstm_stages
-        self.mlstm_stages = tuple(sorted({s % n_stages for s in stages}))
-        if any(not -n_stages <= s < n_stages for s in stages):
-            raise ValueError(f"mlstm_stages {tuple(stages)} out of range for a {n_stages}-stage encoder")
-        for s in self.mlstm_stages:
-            self.stages[s] = ConvMLSTMStage(
-                self.stages[s],
-                BidirectionalMLSTM(self.output_channels[s], mlstm_blocks_per_stage, mlstm_chunk_size,
-                                   mlstm_ffn_proj_factor))
+    n_stages = len(encoder.stages)
+    stages = default_mlstm_stages(n_stages) if mlstm_stages is None else tuple(mlstm_stages)
+    if any(not -n_stages <= s < n_stages for s in stages):
+        raise ValueError(f"mlstm_stages {stages} out of range for a {n_stages}-stage encoder")
+    chosen = tuple(sorted({s % n_stages for s in stages}))
+    for s in chosen:
+        encoder.stages[s] = ConvMLSTMStage(
+            encoder.stages[s], BidirectionalMLSTM(encoder.output_channels[s], blocks_per_stage, chunk_size,
+                                                  ffn_proj_factor))
+    return chosen
 
 
-class XLSTMUNet(AbstractDynamicNetworkArchitectures):
-    """Residual-encoder U-Net with bidirectional mLSTM blocks at ``mlstm_stages`` (default: the two deepest).
+class XLSTMUNet(ResidualEncoderUNet):
+    """dynamic-network-architectures' ``ResidualEncoderUNet`` whose stages ``mlstm_stages`` end in mLSTM blocks.
 
-    Takes ``ResidualEncoderUNet``'s arguments plus the ``mlstm_*`` ones; ``mlstm_stages=()`` gives the identical
-    network without mLSTM (the ablation). Input ``(B, C_in, *patch)`` with ``patch`` divisible by the product of
-    ``strides``; output ``(B, num_classes, *patch)``, or a list of deep-supervision outputs, full resolution first.
+    Takes all of ``ResidualEncoderUNet``'s arguments (``block``, ``bottleneck_channels`` and ``stem_channels``
+    included) plus the ``mlstm_*`` ones; only the encoder's stages differ, so forward, feature-map size and the
+    encoder/stem keys are DNA's. ``mlstm_stages=()`` gives ``ResidualEncoderUNet`` itself (the ablation). Input
+    ``(B, C_in, *patch)`` with ``patch`` divisible by the product of ``strides``; output ``(B, num_classes, *patch)``,
+    or a list of deep-supervision outputs, full resolution first.
     """
 
     def __init__(self, input_channels: int, n_stages: int, features_per_stage: int | Sequence[int],
@@ -90,39 +79,25 @@ class XLSTMUNet(AbstractDynamicNetworkArchitectures):
                  norm_op: type[nn.Module] | None = None, norm_op_kwargs: dict | None = None,
                  dropout_op: type[_DropoutNd] | None = None, dropout_op_kwargs: dict | None = None,
                  nonlin: type[nn.Module] | None = None, nonlin_kwargs: dict | None = None,
-                 deep_supervision: bool = False, mlstm_stages: Sequence[int] | None = None,
-                 mlstm_blocks_per_stage: int = 2, mlstm_chunk_size: int = 64,
-                 mlstm_ffn_proj_factor: float = 2.0) -> None:
-        super().__init__()
-        self.key_to_encoder = "encoder.stages"
-        self.key_to_stem = "encoder.stem"
-        self.keys_to_in_proj = ("encoder.stem.convs.0.conv", "encoder.stem.convs.0.all_modules.0")
-        if isinstance(features_per_stage, int):
-            features_per_stage = [features_per_stage] * n_stages
-        if isinstance(n_conv_per_stage_decoder, int):
-            n_conv_per_stage_decoder = [n_conv_per_stage_decoder] * (n_stages - 1)
-        if len(n_conv_per_stage_decoder) != n_stages - 1:
-            raise ValueError(f"n_conv_per_stage_decoder needs {n_stages - 1} entries, got {n_conv_per_stage_decoder}")
-        self.encoder = XLSTMResidualEncoder(
-            input_channels, n_stages, features_per_stage, conv_op, kernel_sizes, strides, n_blocks_per_stage,
-            conv_bias, norm_op, norm_op_kwargs, dropout_op, dropout_op_kwargs, nonlin, nonlin_kwargs,
-            mlstm_stages, mlstm_blocks_per_stage, mlstm_chunk_size, mlstm_ffn_proj_factor)
-        self.decoder = UNetDecoder(self.encoder, num_classes, n_conv_per_stage_decoder, deep_supervision)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        return self.decoder(self.encoder(x))
-
-    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
-        """Stored activations per sample (elements), conv feature maps and mLSTM blocks together."""
-        if len(input_size) != convert_conv_op_to_dim(self.encoder.conv_op):
-            raise ValueError(f"input_size must be the spatial size only, e.g. (x, y, z); got {tuple(input_size)}")
-        return self.encoder.compute_conv_feature_map_size(input_size) + self.decoder.compute_conv_feature_map_size(
-            input_size)
+                 deep_supervision: bool = False, block: type[BasicBlockD] | type[BottleneckD] = BasicBlockD,
+                 bottleneck_channels: int | Sequence[int] | None = None, stem_channels: int | None = None,
+                 mlstm_stages: Sequence[int] | None = None, mlstm_blocks_per_stage: int = 2,
+                 mlstm_chunk_size: int = 64, mlstm_ffn_proj_factor: float = 2.0) -> None:
+        for name, value, n in (("n_blocks_per_stage", n_blocks_per_stage, n_stages),
+                               ("n_conv_per_stage_decoder", n_conv_per_stage_decoder, n_stages - 1)):
+            if not isinstance(value, int) and len(value) != n:
+                raise ValueError(f"{name} needs {n} entries for {n_stages} stages, got {list(value)}")
+        super().__init__(input_channels, n_stages, features_per_stage, conv_op, kernel_sizes, strides,
+                         n_blocks_per_stage, num_classes, n_conv_per_stage_decoder, conv_bias, norm_op,
+                         norm_op_kwargs, dropout_op, dropout_op_kwargs, nonlin, nonlin_kwargs, deep_supervision,
+                         block, bottleneck_channels, stem_channels)
+        # the decoder holds this same encoder, so it sees the swapped stages too
+        self.encoder.mlstm_stages = insert_mlstm_stages(self.encoder, mlstm_stages, mlstm_blocks_per_stage,
+                                                        mlstm_chunk_size, mlstm_ffn_proj_factor)
 
     @staticmethod
     def initialize(module: nn.Module) -> None:
-        """Per-module init for ``net.apply``: He for convs, zeroed last norm per residual block, xLSTM gate biases."""
-        InitWeights_He(1e-2)(module)
-        init_last_bn_before_add_to_0(module)
+        """Per-module init for ``net.apply``: DNA's residual-encoder init, then the xLSTM gate biases."""
+        ResidualEncoderUNet.initialize(module)
         if isinstance(module, BidirectionalMLSTM):
             module.reset_gates()

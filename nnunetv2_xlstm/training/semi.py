@@ -47,8 +47,9 @@ from nnunetv2_xlstm.checkpoints import atomic_torch_save, load_nnunet_checkpoint
 from nnunetv2_xlstm.ema import ema_update
 from nnunetv2_xlstm.env import InputError
 from nnunetv2_xlstm.training.copy_paste import box_mask, mix, mixed_targets, pseudo_labels
-from nnunetv2_xlstm.training.trainers import (CPU, CPU_LONG, GPU15MIN, SMOKE, nnUNetTrainerXLSTMPretrained,
-                                              nnUNetTrainerXLSTMScratch)
+from nnunetv2_xlstm.training.pretrained import nnUNetTrainerXLSTMPretrained
+from nnunetv2_xlstm.training.schedules import CPU, CPU_LONG, GPU15MIN, SMOKE
+from nnunetv2_xlstm.training.xlstm import nnUNetTrainerXLSTMScratch
 
 UNLABELLED_ENV = "NNUNETV2_XLSTM_UNLABELLED"  # a list file (one image path per line) or a folder of images
 SEMI_LOG_KEYS = ("loss_labelled", "loss_unlabelled", "pseudo_share")

@@ -1,0 +1,209 @@
+"""The schedule-driven nnU-Net trainer every trainer of ours derives from: a :class:`Schedule`, bf16, seeds, a
+training-time budget, an lr warm-up that may freeze the encoder, and safe checkpoint reading."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import resource
+
+import numpy as np
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+from torch import nn
+from torch._dynamo import OptimizedModule
+from torch.nn.parallel import DistributedDataParallel
+
+from nnunetv2_xlstm.checkpoints import load_nnunet_checkpoint
+from nnunetv2_xlstm.env import InputError
+from nnunetv2_xlstm.precision import autocast_forward, bf16_decision
+from nnunetv2_xlstm.training.lr_schedule import WarmupPolyLR
+from nnunetv2_xlstm.training.refusals import check_pretrained_weights_argument, install_refusal_hook
+from nnunetv2_xlstm.training.schedules import Schedule
+
+__all__ = ["MINUTES_ENV", "SEED_ENV", "ScheduledTrainer"]
+
+CPU_DA_CORES = 4  # on a CPU with at most this many cores, augmentation runs in the training process
+SEED_ENV = "NNUNETV2_XLSTM_SEED"  # an integer: seeds torch, numpy and random before the network is built
+MINUTES_ENV = "NNUNETV2_XLSTM_MINUTES"  # a training-time budget in minutes (see ScheduledTrainer)
+
+
+def _env_number(name: str, kind: type, minimum: float) -> float | None:
+    value = os.environ.get(name)
+    if value in (None, ""):
+        return None
+    try:
+        number = kind(value)
+    except ValueError:
+        number = None
+    if number is None or not math.isfinite(number) or number < minimum:
+        raise InputError(f"{name}={value!r}: expected {'an integer' if kind is int else 'a number'} >= {minimum}")
+    return number
+
+
+class _BudgetSpent(Exception):
+    """Raised at the start of an epoch once the training-time budget is spent."""
+
+
+class ScheduledTrainer(nnUNetTrainer):
+    """nnU-Net's trainer with a :class:`Schedule` and an lr warm-up that may freeze the encoder, for any network with
+    an ``encoder`` (dynamic-network-architectures').
+
+    - The optimiser has two parameter groups, ``encoder`` and ``decoder``.
+    - The network runs in bf16 where the device supports it (:mod:`nnunetv2_xlstm.precision`; ``bf16 = "off"`` or
+      ``NNUNETV2_XLSTM_BF16=0`` keeps nnU-Net's fp32 on a CPU and fp16 on CUDA); ``nnUNetv2_predict`` follows, as it
+      builds the network through this class.
+    - ``NNUNETV2_XLSTM_SEED`` seeds the run; ``NNUNETV2_XLSTM_MINUTES`` gives it a training-time budget: the epochs
+      (training and validation batches, not start-up or the final validation) stop once it is spent, and the warm-up
+      and poly decay follow the spent share of the budget instead of the epoch count, which becomes a cap.
+    - ``--c`` reads the checkpoint with ``weights_only=True`` first and refuses one that holds arbitrary objects.
+    - Each epoch logs the peak memory (CUDA: allocated tensors; CPU: the training process's resident set) into
+      nnU-Net's logger, so that it is in the checkpoint beside the learning curves.
+    - torch.compile stays off unless ``nnUNet_compile=1`` is set: it is untested with the Triton mLSTM kernels.
+    - On a CPU with at most :data:`CPU_DA_CORES` cores and ``nnUNet_n_proc_DA`` unset, augmentation runs in the
+      training process (``nnUNet_n_proc_DA=0``): worker processes would compete with the training threads.
+    """
+
+    schedule: Schedule | None = None
+    warmup_fraction: float = 0.0  # share of the epochs with a linear lr warm-up ...
+    encoder_warmup_lr_factor: float = 0.0  # ... during which the encoder's lr is this times the others' (0: frozen)
+    bf16: str = "auto"  # "auto", "on" or "off"; NNUNETV2_XLSTM_BF16 overrides it
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")) -> None:
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        # augmentation workers compete with the training threads for few cores: augment in the training process
+        # (measured on 2 cores with ACDC: no slower than 1 or 2 workers, one process less; docs/benchmarks.md)
+        self.augment_in_process = (self.device.type == "cpu" and "nnUNet_n_proc_DA" not in os.environ
+                                   and (os.cpu_count() or 1) <= CPU_DA_CORES)
+        install_refusal_hook()
+        check_pretrained_weights_argument()
+        self.seed = _env_number(SEED_ENV, int, 0)
+        minutes = _env_number(MINUTES_ENV, float, 1e-3)
+        if minutes is None and self.schedule is not None:
+            minutes = self.schedule.minutes
+        self.time_budget = None if minutes is None else 60 * minutes
+        if self.seed is not None:
+            random.seed(self.seed)
+            np.random.seed(self.seed)
+            torch.manual_seed(self.seed)
+        if self.schedule is not None:
+            self.num_epochs, self.num_iterations_per_epoch = self.schedule.epochs, self.schedule.iterations
+            self.num_val_iterations_per_epoch, self.initial_lr = self.schedule.val_iterations, self.schedule.lr
+        self.warmup_epochs = max(1, round(self.warmup_fraction * self.num_epochs)) if self.warmup_fraction else 0
+        self.save_every = min(self.save_every, max(1, self.num_epochs // 5))  # short runs keep a resumable checkpoint
+        if self.time_budget is not None:
+            self.save_every = min(self.save_every, 5)
+        self.logger.local_logger.my_fantastic_logging["peak_memory_gib"] = []
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        """nnU-Net's network for the plans, its forward in bf16 where :data:`bf16` and the device allow."""
+        install_refusal_hook()  # nnUNetv2_predict builds the network through this classmethod, without a trainer
+        return autocast_forward(nnUNetTrainer.build_network_architecture(
+            plans_manager, configuration_manager, num_input_channels, num_output_channels, enable_deep_supervision),
+            cls.bf16)
+
+    def initialize(self) -> None:
+        super().initialize()
+        self.print_to_log_file(f"precision: {bf16_decision(self.device.type, self.bf16)[1]}; "
+                               f"augmentation workers: {self.augmentation_processes()}"
+                               + (f"; seed {self.seed}" if self.seed is not None else "")
+                               + (f"; training-time budget {self.time_budget / 60:g} min" if self.time_budget else ""))
+
+    def augmentation_processes(self) -> int:
+        """Augmentation worker processes: 0 (in the training process) on a CPU with few cores, else nnU-Net's."""
+        return 0 if self.augment_in_process else get_allowed_n_proc_DA()
+
+    def get_dataloaders(self) -> tuple:
+        if not self.augment_in_process:
+            return super().get_dataloaders()
+        os.environ["nnUNet_n_proc_DA"] = "0"  # only while nnU-Net builds the loaders: its planner reads it too
+        try:
+            return super().get_dataloaders()
+        finally:
+            del os.environ["nnUNet_n_proc_DA"]
+
+    def spent_fraction(self) -> float:
+        """Share of the training-time budget spent by the finished epochs (their logged start/end times)."""
+        log = self.logger.local_logger.my_fantastic_logging
+        spent = sum(e - s for s, e in zip(log["epoch_start_timestamps"], log["epoch_end_timestamps"]))
+        return spent / self.time_budget
+
+    def schedule_epoch(self) -> float:
+        """The epoch the lr schedule and the warm-up see: the current one, or with a time budget the spent share of
+        the budget times the epoch cap."""
+        return self.current_epoch if self.time_budget is None else self.spent_fraction() * self.num_epochs
+
+    def run_training(self) -> None:
+        try:
+            super().run_training()
+        except _BudgetSpent:
+            log = self.logger.local_logger.my_fantastic_logging
+            self.print_to_log_file(f"training-time budget of {self.time_budget / 60:g} min spent after "
+                                   f"{self.current_epoch} epochs ({self.current_epoch * self.num_iterations_per_epoch}"
+                                   f" iterations, {sum(log['epoch_end_timestamps']) - sum(log['epoch_start_timestamps']):.0f} s)")
+            self.on_train_end()
+
+    def on_epoch_start(self) -> None:
+        if self.time_budget is not None and self.current_epoch > 0 and self.spent_fraction() >= 1:
+            raise _BudgetSpent
+        super().on_epoch_start()
+
+    def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
+        if isinstance(filename_or_checkpoint, str):  # refuse what weights_only refuses, before nnU-Net unpickles it
+            load_nnunet_checkpoint(filename_or_checkpoint)
+        super().load_checkpoint(filename_or_checkpoint)
+
+    def _do_i_compile(self) -> bool:
+        return os.environ.get("nnUNet_compile", "").lower() in ("true", "1", "t") and super()._do_i_compile()
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self) -> tuple:
+        settings = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        if self.schedule is not None and not self.schedule.mirror_tta:
+            self.inference_allowed_mirroring_axes = None  # stored in the checkpoint, so nnUNetv2_predict follows
+        return settings
+
+    def on_epoch_end(self) -> None:
+        if self.device.type == "cuda":
+            peak, kind = torch.cuda.max_memory_allocated(self.device) / 2 ** 30, "cuda allocated"
+        else:
+            peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, "process resident"
+        self.logger.log("peak_memory_gib", peak, self.current_epoch)
+        self.print_to_log_file(f"Peak memory: {peak:.2f} GiB ({kind})")
+        super().on_epoch_end()
+
+    def plain_network(self) -> nn.Module:
+        """The network without its DDP and torch.compile wrappers."""
+        net = self.network.module if isinstance(self.network, DistributedDataParallel) else self.network
+        return net._orig_mod if isinstance(net, OptimizedModule) else net
+
+    def configure_optimizers(self) -> tuple[torch.optim.Optimizer, WarmupPolyLR]:
+        net = self.plain_network()
+        encoder = list(net.encoder.parameters())
+        ids = {id(p) for p in encoder}
+        groups = [{"params": encoder, "name": "encoder"},
+                  {"params": [p for p in net.parameters() if id(p) not in ids], "name": "decoder"}]
+        if self.schedule is None or self.schedule.optimizer == "sgd":
+            optimizer = torch.optim.SGD(groups, self.initial_lr, weight_decay=self.weight_decay, momentum=0.99,
+                                        nesterov=True)
+        else:
+            optimizer = torch.optim.AdamW(groups, self.initial_lr, weight_decay=self.weight_decay)
+        return optimizer, WarmupPolyLR(optimizer, self.initial_lr, self.num_epochs, self.warmup_epochs,
+                                       self.encoder_warmup_lr_factor,
+                                       progress=None if self.time_budget is None else self.schedule_epoch)
+
+    def on_train_epoch_start(self) -> None:
+        """Freeze the encoder during the warm-up (a zero lr factor), release it afterwards. Under DDP the encoder keeps
+        ``requires_grad`` (DDP fixes the set of trained parameters) and is held by its zero learning rate alone."""
+        frozen = self.schedule_epoch() < self.warmup_epochs and self.encoder_warmup_lr_factor == 0
+        encoder = self.plain_network().encoder
+        if not self.is_ddp and next(encoder.parameters()).requires_grad == frozen:
+            encoder.requires_grad_(not frozen)
+            self.print_to_log_file(f"encoder {'frozen' if frozen else 'trainable'} from epoch {self.current_epoch}")
+        super().on_train_epoch_start()
