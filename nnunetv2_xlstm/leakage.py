@@ -75,3 +75,17 @@ def check_no_leak(plan: dict, cases: list[str], encoder: str | Path, role: str, 
     raise InputError(f"{encoder} was pretrained on images of {len(leaked)} {role} patient(s) ({shown}): scores on "
                      f"them would not be held out. Pretrain with exclude_patients set to them (or a pool without "
                      f"them), or allow it on purpose with --transductive / {TRANSDUCTIVE_ENV}=1")
+
+
+def split_group_pattern(preprocessed_folder: Path) -> str:
+    """The patient pattern ``nnunetv2_xlstm_split`` recorded for a data set (``few_label_splits.json``), else ACDC's
+    default: how a run groups cases into patients for its refusals."""
+    import json
+
+    record = Path(preprocessed_folder) / "few_label_splits.json"
+    if record.is_file():
+        try:
+            return json.loads(record.read_text()).get("group_pattern", DEFAULT_GROUP_PATTERN)
+        except json.JSONDecodeError:
+            raise InputError(f"{record} is not valid JSON; re-run nnunetv2_xlstm_split") from None
+    return DEFAULT_GROUP_PATTERN

@@ -4,17 +4,22 @@ nnU-Net's own command (teacher in the checkpoint, restored on --c)."""
 from __future__ import annotations
 
 import json
+import math
+import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
 from nnunetv2_xlstm.checkpoints import load_nnunet_checkpoint
 from nnunetv2_xlstm.env import InputError
 from nnunetv2_xlstm.training.copy_paste import box_mask, mix, mixed_targets, pseudo_labels
-from nnunetv2_xlstm.training.semi import UNLABELLED_ENV, case_of, unlabelled_image_files
+from nnunetv2_xlstm.training.semi import (UNLABELLED_ENV, SemiSupervision, case_of, parse_settings, sigmoid_rampup,
+                                          unlabelled_image_files)
 
 IGNORE = 9
 
@@ -136,4 +141,205 @@ def test_semi_trainer_through_nnunet_commands(tmp_path: Path, nnunet_env: dict[s
     listing = tmp_path / "bad.txt"
     listing.write_text(str(dataset / "imagesTr" / f"{labelled['train'][0]}_0000.nii.gz") + "\n")
     bad = subprocess.run(train, env={**env, UNLABELLED_ENV: str(listing)}, capture_output=True, text=True)
-    assert bad.returncode != 0 and "labelled case" in bad.stdout + bad.stderr
+    assert bad.returncode != 0 and "labelled patient" in bad.stdout + bad.stderr
+    assert "Traceback" not in bad.stderr  # one line, before any data loader (or its worker threads) started
+
+
+# ------------------------------------------------------------------------------------------------ pseudo-labels
+def test_pseudo_label_rule_against_a_hand_computed_case() -> None:
+    # 1 x 6 voxels, 3 classes; probabilities chosen by hand (logits are their logs)
+    p = torch.tensor([[0.9, 0.05, 0.05], [0.1, 0.85, 0.05], [0.1, 0.6, 0.3], [0.3, 0.65, 0.05],
+                      [0.05, 0.15, 0.8], [0.5, 0.1, 0.4]])
+    logits = p.log().T.reshape(1, 3, 1, 6)
+    labels, confident = pseudo_labels(logits, 0.8)
+    assert labels.flatten().tolist() == [0, 1, 1, 1, 2, 0]
+    assert confident.flatten().tolist() == [True, True, False, False, True, False]
+    # class 1 relaxed to the median of its voxels' confidence (0.6, 0.65, 0.85 -> 0.65); class 0 to 0.7
+    _, relaxed = pseudo_labels(logits, 0.8, class_quantile=0.5)
+    assert relaxed.flatten().tolist() == [True, True, False, True, True, False]
+    # the relaxed bar never rises above the threshold: class 2's only voxel (0.8) stays confident
+    assert relaxed.flatten()[4]
+
+
+def test_largest_component_per_structure() -> None:
+    labels = torch.tensor([[1, 1, 0, 1, 2, 2, 0, 2]]).float().reshape(1, 1, 1, 8)
+    logits = torch.nn.functional.one_hot(labels.long()[:, 0], 3).permute(0, 3, 1, 2).float() * 10
+    _, confident = pseudo_labels(logits, 0.0, largest_component=True)
+    # class 1: components {0, 1} and {3} -> voxel 3 left out; class 2: {4, 5} and {7} -> voxel 7 left out
+    assert confident.flatten().tolist() == [True, True, True, False, True, True, True, False]
+
+
+# ------------------------------------------------------------------------------------------------ settings, phases
+def test_settings_from_the_environment_are_typed_and_checked() -> None:
+    assert parse_settings("warm_start_iterations=300, largest_component=0,class_quantile=none") == {
+        "warm_start_iterations": 300, "largest_component": False, "class_quantile": None}
+    with pytest.raises(InputError, match="unknown setting 'warmup'"):
+        parse_settings("warmup=3")
+    with pytest.raises(InputError, match="warm_start_dice='high' is not a float"):
+        parse_settings("warm_start_dice=high")
+    with pytest.raises(InputError, match=r"box_fraction=1.5 must lie in \[0, 1\]"):
+        parse_settings("box_fraction=1.5")
+    assert sigmoid_rampup(0, 10) == pytest.approx(math.exp(-5)) and sigmoid_rampup(10, 10) == 1.0
+    assert sigmoid_rampup(3, 0) == 1.0
+
+
+def _phase_state(**kw) -> SimpleNamespace:
+    state = dict(warm_start_iterations=None, warm_start_dice=0.8, warm_start_fraction=0.5, semi_iterations=0,
+                 num_epochs=100, epoch=0.0, dice=[])
+    state.update(kw)
+    ns = SimpleNamespace(**state)
+    ns.schedule_epoch = lambda: ns.epoch
+    ns.logger = SimpleNamespace(local_logger=SimpleNamespace(my_fantastic_logging={"labelled_dice": ns.dice}))
+    return ns
+
+
+def test_warm_start_ends_on_its_criterion() -> None:
+    over = SemiSupervision.warm_start_over
+    assert over(_phase_state(dice=[0.5, 0.7], epoch=10)) is None
+    assert "labelled training Dice 0.810" in over(_phase_state(dice=[0.5, 0.81], epoch=10))
+    assert "300 warm-start iterations" in over(_phase_state(warm_start_iterations=300, semi_iterations=300))
+    assert over(_phase_state(warm_start_iterations=300, semi_iterations=299, warm_start_dice=None)) is None
+    assert "0.5 of the training" in over(_phase_state(epoch=50.0))  # the cap, whatever the Dice
+
+
+def _frames(folder: Path, *patients: str) -> None:
+    for p in patients:
+        for frame in ("frame01", "frame12"):
+            (folder / f"{p}_{frame}_0000.nii.gz").write_bytes(b"x")
+
+
+def test_leak_refusals_are_per_patient_and_cover_the_test_folder(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    raw, pre = tmp_path / "raw" / "Dataset9_X", tmp_path / "pre"
+    (raw / "imagesTr").mkdir(parents=True)
+    (raw / "imagesTs").mkdir()
+    pre.mkdir()
+    _frames(raw / "imagesTr", "p1", "p2", "p3", "p4")
+    _frames(raw / "imagesTs", "p9")
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
+    trainer = SimpleNamespace(
+        dataset_json={"file_ending": ".nii.gz", "channel_names": {"0": "MRI"}}, fold=0,
+        preprocessed_dataset_folder_base=str(pre), plans_manager=SimpleNamespace(dataset_name="Dataset9_X"),
+        do_split=lambda: (["p1_frame01", "p1_frame12"], ["p2_frame01", "p2_frame12"]))
+    trainer.unlabelled_source = lambda: Path(os.environ[UNLABELLED_ENV])
+    listing = tmp_path / "list.txt"
+    monkeypatch.setenv(UNLABELLED_ENV, str(listing))
+    listing.write_text(f"{raw / 'imagesTr' / 'p3_frame01_0000.nii.gz'}\n{raw / 'imagesTr' / 'p4_frame12_0000.nii.gz'}\n")
+    assert sorted(SemiSupervision.unlabelled_cases(trainer)) == ["p3_frame01", "p4_frame12"]
+    # the other frame of a labelled patient, of a development patient, a test image: each refused by patient
+    for image, kind in (("imagesTr/p1_frame12", "labelled"), ("imagesTr/p2_frame01", "development"),
+                        ("imagesTs/p9_frame01", "test")):
+        listing.write_text(f"{raw / 'imagesTr' / 'p3_frame01_0000.nii.gz'}\n{raw / image}_0000.nii.gz\n")
+        with pytest.raises(InputError, match=f"images of 1 {kind}.*patient.*{image.split('/')[1][:2]}"):
+            SemiSupervision.unlabelled_cases(trainer)
+    listing.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(InputError, match="is not a text file"):
+        SemiSupervision.unlabelled_cases(trainer)
+    listing.write_text(f"{raw / 'dataset.json'}\n")
+    with pytest.raises(InputError, match="not a .nii.gz image"):
+        SemiSupervision.unlabelled_cases(trainer)
+
+
+def test_unlabelled_cache_is_keyed_by_the_plans_contents(tmp_path: Path) -> None:
+    image = tmp_path / "a_0000.nii.gz"
+    image.write_bytes(b"x")
+    trainer = SimpleNamespace(plans_manager=SimpleNamespace(plans={"configurations": {"3d": {"patch_size": [8]}}}),
+                              configuration_name="3d", preprocessed_dataset_folder=str(tmp_path / "pp"))
+    cases = {"a": [str(image)]}
+    first = SemiSupervision.unlabelled_folder(trainer, cases)
+    assert SemiSupervision.unlabelled_folder(trainer, cases) == first
+    trainer.plans_manager.plans["configurations"]["3d"]["patch_size"] = [16]  # re-planned under the same name
+    assert SemiSupervision.unlabelled_folder(trainer, cases) != first
+    image.write_bytes(b"xy")  # the file changed
+    trainer.plans_manager.plans["configurations"]["3d"]["patch_size"] = [8]
+    assert SemiSupervision.unlabelled_folder(trainer, cases) != first
+
+
+# ------------------------------------------------------------------------------------------------ the trainer itself
+@pytest.fixture
+def semi_trainer(nnunet_env: dict[str, str]):
+    """A built and initialised ``nnUNetTrainerXLSTMSemi_smoke`` on a small phantom data set (no training run)."""
+    from nnunetv2_xlstm.demo.phantoms import PhantomGeometry, write_phantom_dataset
+    from nnunetv2_xlstm.planning.plan_and_preprocess import plan_and_preprocess
+    from nnunetv2_xlstm.training import semi
+
+    dataset = write_phantom_dataset(Path(nnunet_env["nnUNet_raw"]), 995, 4, 0,
+                                    geometry=PhantomGeometry((24, 24, 24), 6.0), progress=False)
+    plan_and_preprocess([995], configurations=["3d_fullres"], num_processes=[1], num_processes_fingerprint=1,
+                        planner_kwargs={"base_features": 8, "max_features": 32, "batch_size": 2})
+    folder = Path(nnunet_env["nnUNet_preprocessed"]) / dataset.name
+    (folder / "splits_final.json").write_text(json.dumps(
+        [{"train": ["phantom_000_CT", "phantom_001_MRI"], "val": ["phantom_002_CT", "phantom_003_MRI"]}]))
+    plans = {**json.loads((folder / "nnUNetPlansXLSTM.json").read_text()), "continue_training": False}
+    trainer = semi.nnUNetTrainerXLSTMSemi_smoke(plans, "3d_fullres", 0, json.loads((folder / "dataset.json")
+                                                                                   .read_text()), torch.device("cpu"))
+    trainer.initialize()
+    return trainer
+
+
+def _batch(trainer, n: int = 2) -> dict:
+    torch.manual_seed(0)
+    x = torch.randn(n, 1, *trainer.configuration_manager.patch_size)
+    with torch.no_grad():
+        shapes = [o.shape[2:] for o in trainer.plain_network()(x)]
+    return {"data": x, "target": [torch.randint(0, 8, (n, 1, *s)).float() for s in shapes]}
+
+
+def test_semi_checkpoint_is_one_write_with_the_teacher_and_one_read(semi_trainer, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    trainer = semi_trainer
+    saves, loads = [], []
+    real_save, real_load = torch.save, torch.load
+    monkeypatch.setattr(torch, "save", lambda obj, f, *a, **k: (saves.append(f), real_save(obj, f, *a, **k))[1])
+    trainer.save_checkpoint(str(tmp_path / "ours.pth"))
+    assert len(saves) == 1  # written once (to a temporary file, renamed), never re-read and rewritten
+    nnUNetTrainer.save_checkpoint(trainer, str(tmp_path / "stock.pth"))  # what nnU-Net itself would write
+    ours, stock = load_nnunet_checkpoint(tmp_path / "ours.pth"), load_nnunet_checkpoint(tmp_path / "stock.pth")
+    assert set(ours) - set(stock) == {"teacher_weights", "semi_started_at", "semi_iterations"}
+    assert set(stock) <= set(ours)  # every field nnU-Net writes and reads back is there
+    monkeypatch.setattr(torch, "load", lambda *a, **k: (loads.append(a[0]), real_load(*a, **k))[1])
+    with torch.no_grad():
+        for p in trainer.teacher.parameters():
+            p.zero_()
+    trainer.load_checkpoint(str(tmp_path / "ours.pth"))
+    assert len(loads) == 1 and str(loads[0]) == str(tmp_path / "ours.pth")  # one read, with weights_only
+    assert all(torch.equal(trainer.teacher.state_dict()[k], v) for k, v in ours["teacher_weights"].items())
+    # a checkpoint without its teacher (e.g. a supervised trainer's) is refused for --c, with the way out
+    with pytest.raises(InputError, match="holds no teacher.*without --c.*start_from"):
+        trainer.load_checkpoint(str(tmp_path / "stock.pth"))
+    # ... but a supervised model can start the semi phase: student and teacher are that model
+    trainer.semi_started_at = None
+    trainer.start_from_checkpoint(tmp_path / "stock.pth")
+    assert trainer.semi_started_at is not None
+    for net in (trainer.plain_network(), trainer.teacher):
+        assert all(torch.equal(net.state_dict()[k], v) for k, v in stock["network_weights"].items())
+    wrong = {**stock, "network_weights": {k: v for k, v in list(stock["network_weights"].items())[1:]}}
+    torch.save(wrong, tmp_path / "other.pth")
+    with pytest.raises(InputError, match="does not match these plans"):
+        trainer.start_from_checkpoint(tmp_path / "other.pth")
+
+
+def test_semi_steps_warm_start_then_teacher_and_mixes(semi_trainer) -> None:
+    trainer = semi_trainer
+    trainer.optimizer, trainer.lr_scheduler = trainer.configure_optimizers()
+    warm = trainer.train_step(_batch(trainer))
+    assert np.isfinite(warm["labelled_dice"]) and np.isnan(warm["pseudo_share"]) and warm["unlabelled_weight"] == 0
+    trainer.start_semi_phase("test")
+    assert all(torch.equal(trainer.teacher.state_dict()[k], v) for k, v in trainer.plain_network().state_dict().items())
+    seen = []
+    patches = iter(lambda: {"data": torch.randn(1, 1, *trainer.configuration_manager.patch_size)}, None)
+    trainer.dataloader_unlabelled = (seen.append(1) or b for b in patches)
+    batch = _batch(trainer)
+    forward = trainer.plain_network().forward
+    sizes = []
+    trainer.plain_network().forward = lambda x: (sizes.append(x.shape[0]), forward(x))[1]
+    trainer.schedule_epoch = lambda: 1.0  # past the ramp of the smoke schedule's 2 epochs
+    semi_step = trainer.train_step(batch)
+    assert sizes == [2] and len(seen) == 1  # one student pass over 2 mixed patches, one unlabelled patch (B / 2)
+    assert 0 <= semi_step["pseudo_share"] <= 1 and semi_step["unlabelled_weight"] > 0
+    assert len(semi_step["pseudo_share_per_class"]) == 7
+    assert any(not torch.equal(trainer.teacher.state_dict()[k], v)
+               for k, v in trainer.plain_network().state_dict().items())  # the EMA follows the student
+    assert trainer.semi_iterations == 2

@@ -12,6 +12,7 @@ target is built at each deep-supervision scale from the box mask downsampled (ne
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -47,12 +48,47 @@ def mix(inside: torch.Tensor, outside: torch.Tensor, mask: torch.Tensor) -> torc
 
 
 @torch.no_grad()
-def pseudo_labels(logits: torch.Tensor, threshold: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(labels (B, 1, *spatial) float, confident (B, 1, *spatial) bool)`` from a teacher's logits: the argmax, and
-    whether its softmax probability reaches ``threshold`` (0: every voxel is confident)."""
+def pseudo_labels(logits: torch.Tensor, threshold: float = 0.0, class_quantile: float | None = None,
+                  largest_component: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(labels (B, 1, *spatial) float, confident (B, 1, *spatial) bool)`` from a teacher's logits.
+
+    ``labels`` is the argmax. A voxel is confident where its softmax probability reaches its class's threshold:
+    ``threshold`` (0: every voxel), or with ``class_quantile`` the lower of ``threshold`` and that quantile of the
+    probabilities of the voxels predicted as the class in the batch, so that a class the young teacher is unsure of
+    keeps a share of its voxels instead of none. With ``largest_component``, only the largest connected component of
+    each foreground class per sample stays confident (the other components are left out, not relabelled): a whole
+    heart structure is one component.
+    """
     probabilities = logits.float().softmax(1)
     confidence, labels = probabilities.max(1, keepdim=True)
-    return labels.float(), confidence >= threshold
+    bar = torch.full_like(confidence, threshold)
+    if class_quantile is not None:
+        for c in labels.unique().tolist():
+            of_class = labels == c
+            relaxed = torch.quantile(confidence[of_class], class_quantile)
+            bar[of_class] = torch.clamp(relaxed, max=threshold)
+    confident = confidence >= bar
+    if largest_component:
+        confident &= largest_components(labels)
+    return labels.float(), confident
+
+
+def largest_components(labels: torch.Tensor) -> torch.Tensor:
+    """``(B, 1, *spatial)`` bool: background, and per sample the largest connected component (face connectivity) of
+    each foreground class of the label map ``labels``."""
+    from scipy import ndimage
+
+    keep = (labels == 0).cpu().numpy()
+    array = labels.cpu().numpy()
+    for b in range(array.shape[0]):
+        for c in np.unique(array[b]):
+            if c == 0:
+                continue
+            components, n = ndimage.label(array[b, 0] == c)
+            if n:
+                sizes = np.bincount(components.ravel())[1:]
+                keep[b, 0] |= components == 1 + int(sizes.argmax())
+    return torch.from_numpy(keep).to(labels.device)
 
 
 def mixed_targets(labelled: torch.Tensor, pseudo: torch.Tensor, confident: torch.Tensor, mask: torch.Tensor,

@@ -17,7 +17,7 @@ from torch import nn
 from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel
 
-from nnunetv2_xlstm.checkpoints import load_nnunet_checkpoint
+from nnunetv2_xlstm.checkpoints import atomic_torch_save, load_nnunet_checkpoint
 from nnunetv2_xlstm.env import InputError
 from nnunetv2_xlstm.precision import autocast_forward, bf16_decision
 from nnunetv2_xlstm.training.lr_schedule import WarmupPolyLR
@@ -59,7 +59,8 @@ class ScheduledTrainer(nnUNetTrainer):
     - ``NNUNETV2_XLSTM_SEED`` seeds the run; ``NNUNETV2_XLSTM_MINUTES`` gives it a training-time budget: the epochs
       (training and validation batches, not start-up or the final validation) stop once it is spent, and the warm-up
       and poly decay follow the spent share of the budget instead of the epoch count, which becomes a cap.
-    - ``--c`` reads the checkpoint with ``weights_only=True`` first and refuses one that holds arbitrary objects.
+    - Checkpoints are written once and atomically, with what a subclass adds (:meth:`checkpoint_state`); ``--c``
+      reads the file once with ``weights_only=True`` and refuses one that holds arbitrary objects.
     - Each epoch logs the peak memory (CUDA: allocated tensors; CPU: the training process's resident set) into
       nnU-Net's logger, so that it is in the checkpoint beside the learning curves.
     - torch.compile stays off unless ``nnUNet_compile=1`` is set: it is untested with the Triton mLSTM kernels.
@@ -155,10 +156,54 @@ class ScheduledTrainer(nnUNetTrainer):
             raise _BudgetSpent
         super().on_epoch_start()
 
+    def checkpoint_state(self) -> dict:
+        """What a subclass adds to nnU-Net's checkpoint (the semi-supervised teacher); saved in the same file."""
+        return {}
+
+    def restore_checkpoint_state(self, checkpoint: dict) -> None:
+        """Read back what :meth:`checkpoint_state` saved (called after nnU-Net's own loading)."""
+
+    def save_checkpoint(self, filename: str) -> None:
+        """nnU-Net's checkpoint (the fields ``nnUNetTrainer.save_checkpoint`` writes; a test compares them) with
+        :meth:`checkpoint_state` in the same dict, written once and atomically on rank 0: a kill leaves the previous
+        checkpoint, never a half-written or partial one."""
+        if self.local_rank != 0:
+            return
+        if self.disable_checkpointing:
+            self.print_to_log_file("No checkpoint written, checkpointing is disabled")
+            return
+        checkpoint = {
+            "network_weights": self.plain_network().state_dict(),
+            "optimizer_state": self.optimizer.state_dict(),
+            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+            "logging": self.logger.get_checkpoint(),
+            "_best_ema": self._best_ema,
+            "current_epoch": self.current_epoch + 1,
+            "init_args": self.my_init_kwargs,
+            "trainer_name": self.__class__.__name__,
+            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
+        }
+        atomic_torch_save({**checkpoint, **self.checkpoint_state()}, filename)
+
     def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
-        if isinstance(filename_or_checkpoint, str):  # refuse what weights_only refuses, before nnU-Net unpickles it
-            load_nnunet_checkpoint(filename_or_checkpoint)
-        super().load_checkpoint(filename_or_checkpoint)
+        """Restore what :meth:`save_checkpoint` wrote (the fields ``nnUNetTrainer.load_checkpoint`` restores, then
+        :meth:`restore_checkpoint_state`), reading the file once with ``weights_only=True``, which refuses arbitrary
+        objects. nnU-Net's own method would unpickle the file with ``weights_only=False`` and cannot take a dict."""
+        if not self.was_initialized:
+            self.initialize()
+        checkpoint = (load_nnunet_checkpoint(filename_or_checkpoint) if isinstance(filename_or_checkpoint, str)
+                      else filename_or_checkpoint)
+        self.my_init_kwargs = checkpoint["init_args"]
+        self.current_epoch = checkpoint["current_epoch"]
+        self.logger.load_checkpoint(checkpoint["logging"])
+        self._best_ema = checkpoint["_best_ema"]
+        self.inference_allowed_mirroring_axes = checkpoint.get("inference_allowed_mirroring_axes",
+                                                               self.inference_allowed_mirroring_axes)
+        self.plain_network().load_state_dict(checkpoint["network_weights"])
+        self.optimizer.load_state_dict(checkpoint["optimizer_state"])
+        if self.grad_scaler is not None and checkpoint["grad_scaler_state"] is not None:
+            self.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])
+        self.restore_checkpoint_state(checkpoint)
 
     def _do_i_compile(self) -> bool:
         return os.environ.get("nnUNet_compile", "").lower() in ("true", "1", "t") and super()._do_i_compile()
