@@ -20,7 +20,7 @@ from nnunetv2_xlstm.benchmark.arms import (
 from nnunetv2_xlstm.benchmark.presets import PRESETS, scaled_spacing
 from nnunetv2_xlstm.benchmark.report import (bootstrap_ci, clustered_bootstrap_ci, paired_difference, curve_from_checkpoint, markdown_report, speed_from_curve,
                                               summarise)
-from nnunetv2_xlstm.benchmark.run_benchmark import check_minutes, check_seeds, results_folder
+from nnunetv2_xlstm.benchmark.run_benchmark import check_iterations, check_minutes, check_seeds, results_folder
 from nnunetv2_xlstm.demo.phantoms import PhantomGeometry, write_phantom_dataset
 from nnunetv2_xlstm.env import InputError
 from nnunetv2_xlstm.splits import few_label_splits
@@ -264,6 +264,28 @@ def test_seeds_and_minutes_are_checked_and_kept_apart(tmp_path: Path) -> None:
     assert results_folder(tmp_path, 0, None, cpu) == tmp_path and results_folder(tmp_path, 0, 20, long) == tmp_path
     folders = {results_folder(tmp_path, s, m, cpu) for s in (0, 1) for m in (None, 5.0)}
     assert len(folders) == 4 and results_folder(tmp_path, 1, 5.0, cpu).name == "benchmark_seed1_5min"
+    # iteration-matched runs get their own folders, even for seed 0 of a timed preset
+    assert results_folder(tmp_path, 0, None, long, 1000).name == "benchmark_seed0_1000it"
+    assert check_iterations(None, 20) is None and check_iterations(500, None) == 500
+    with pytest.raises(InputError, match="both given"):
+        check_iterations(500, 20.0)
+    with pytest.raises(InputError, match=">= 1"):
+        check_iterations(0, None)
+
+
+def test_iteration_matched_trainer_has_whole_epochs_and_no_time_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nnunetv2_xlstm.training.scheduled import ITERATIONS_ENV, MINUTES_ENV, training_budget
+
+    long = PRESETS["cpu-long"].schedule
+    assert training_budget(long, 1000, 25) == (1200.0, 1000)  # the preset's 20 minutes, the epochs a cap
+    monkeypatch.setenv(ITERATIONS_ENV, "1010")
+    assert training_budget(long, 1000, 25) == (None, 41)  # 1025 iterations, whole epochs, no time budget
+    monkeypatch.setenv(MINUTES_ENV, "20")
+    with pytest.raises(InputError, match="both set"):
+        training_budget(long, 1000, 25)
+    monkeypatch.delenv(ITERATIONS_ENV)
+    monkeypatch.setenv(MINUTES_ENV, "5")
+    assert training_budget(long, 1000, 25) == (300.0, 1000)
 
 
 @pytest.mark.slow

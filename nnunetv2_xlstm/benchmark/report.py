@@ -181,12 +181,21 @@ def _twin_table(result: dict, budget: str, structures: list[str]) -> list[str]:
     return lines + [""]
 
 
+def _budget(result: dict) -> str:
+    if result.get("iterations"):
+        return f"{result['iterations']} training iterations (iteration-matched, no time budget)"
+    if result.get("minutes"):
+        return f"{result['minutes']:g} minutes of training (equal time)"
+    return "the preset's epochs"
+
+
 def markdown_report(result: dict) -> str:
     """Tables per budget: Dice mean ± sd per structure and arm, the paired difference to stock nnU-Net with its
     95 % bootstrap interval, iterations reached and wall time; failed runs listed; then the speed of every arm."""
     lines = [f"# Benchmark: {result['dataset']}, preset `{result['preset']['name']}`", "",
              f"Preset: {result['preset']['purpose']}. Changes from nnU-Net's defaults: "
              + "; ".join(result["preset"]["changes"]) + ".", "",
+             f"Budget per run: {_budget(result)}. "
              f"Machine: {result['machine']}. Evaluated on: {result['evaluated_on']}. Seeds: "
              f"{', '.join(map(str, result.get('seeds', [0])))}. Dice: mean ± sd over seeds of each seed's mean over "
              f"cases. Δ stock: the mean paired difference to stock nnU-Net over cases × seeds, [95 % bootstrap "

@@ -13,7 +13,9 @@ Seeds (``--seeds``) repeat every run on the same split; the report gives mean ±
 difference to stock nnU-Net with a 95 % bootstrap interval over cases x seeds; arms that change one thing of
 another (pretrained, semi-supervised) are also paired with that arm, with the sd over seeds of the difference.
 ``--minutes`` (or a preset's own budget, e.g. ``cpu-long``) trains every arm for the same training time instead of
-the same iterations.
+the same iterations; ``--iterations`` trains every arm for the same number of iterations, with no time budget (on a
+shared machine, wall-clock noise moves the iterations an equal-time run reaches). The report gives the iterations and
+the time of every run either way.
 
 Nothing is lost on a crash: the JSON is rewritten after every run, and a second call with the same arguments skips
 finished runs and continues interrupted ones from nnU-Net's latest checkpoint (``--c``, after checking that the
@@ -44,7 +46,7 @@ from nnunetv2_xlstm.env import InputError, ext_trainer_value, require_env
 from nnunetv2_xlstm.evaluation import LabelSpec, evaluate_folder, parse_spec
 from nnunetv2_xlstm.leakage import TRANSDUCTIVE_ENV, case_id, check_no_leak
 from nnunetv2_xlstm.splits import DEFAULT_GROUP_PATTERN, write_few_label_splits
-from nnunetv2_xlstm.training.scheduled import MINUTES_ENV, SEED_ENV
+from nnunetv2_xlstm.training.scheduled import ITERATIONS_ENV, MINUTES_ENV, SEED_ENV
 
 RESULT_FORMAT = 2  # runs[budget][arm][seed]
 
@@ -61,9 +63,20 @@ def check_minutes(minutes: float | None) -> float | None:
     return minutes
 
 
-def results_folder(results: Path, seed: int, minutes: float | None, preset: Preset) -> Path:
+def check_iterations(iterations: int | None, minutes: float | None) -> int | None:
+    if iterations is not None and iterations < 1:
+        raise InputError(f"--iterations {iterations}: give a number of training iterations >= 1 per run")
+    if iterations is not None and minutes is not None:
+        raise InputError("--iterations and --minutes both given: a run is matched by time or by iterations")
+    return iterations
+
+
+def results_folder(results: Path, seed: int, minutes: float | None, preset: Preset,
+                   iterations: int | None = None) -> Path:
     """Where nnU-Net keeps one seed's runs: ``nnUNet_results`` itself for seed 0 at the preset's own budget, else a
-    subfolder ``benchmark_seed<S>[_<M>min]``, so that seeds and time budgets never share a run folder."""
+    subfolder ``benchmark_seed<S>[_<M>min|_<N>it]``, so that seeds and budgets never share a run folder."""
+    if iterations is not None:
+        return results / f"benchmark_seed{seed}_{iterations}it"
     if seed == 0 and minutes == preset.minutes:
         return results
     return results / (f"benchmark_seed{seed}" + (f"_{minutes:g}min" if minutes != preset.minutes else ""))
@@ -75,18 +88,22 @@ def run_benchmark(dataset_id: int, preset: Preset, output: Path, budgets: list[s
                   device: str = "cpu", group_pattern: str = DEFAULT_GROUP_PATTERN, overwrite_splits: bool = False,
                   test_folder: Path | None = None, test_spec: LabelSpec | None = None, timing_cases: int = 2,
                   plan_only: bool = False, seeds: list[int] = (0,), minutes: float | None = None,
-                  transductive: bool = False) -> dict:
+                  transductive: bool = False, iterations: int | None = None) -> dict:
     """Run (or continue) the benchmark; return the result that ``output/benchmark.json`` holds.
 
     Budgets are patient counts or shares (nested seeded draws), or come from ``train_patients`` (one fixed list per
     budget). ``test_folder`` (default: the raw data set's, if it has ``imagesTs`` and ``labelsTs``) is scored with
     ``test_spec`` (default: the data set's labels). ``plan_only``: stop after splits and plans (then several
     processes, e.g. one per GPU, can train their ``arms`` on them). ``seeds`` repeat every run; ``minutes`` (default:
-    the preset's) is each run's training-time budget. Needs the ``nnUNet_*`` variables. Every input is checked
+    the preset's) is each run's training-time budget, ``iterations`` instead its number of iterations (no time
+    budget). Needs the ``nnUNet_*`` variables. Every input is checked
     before anything is written.
     """
     require_env("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
-    seeds, minutes = check_seeds(list(seeds)), check_minutes(preset.minutes if minutes is None else minutes)
+    seeds, minutes = check_seeds(list(seeds)), check_minutes(minutes)
+    iterations = check_iterations(iterations, minutes)
+    if minutes is None and iterations is None:
+        minutes = preset.minutes
     output = Path(output).resolve()
     if output.exists() and not output.is_dir():
         raise InputError(f"--output {output} is a file; give a folder")
@@ -113,12 +130,14 @@ def run_benchmark(dataset_id: int, preset: Preset, output: Path, budgets: list[s
 
     result_file = output / "benchmark.json"
     result = json.loads(result_file.read_text()) if result_file.is_file() else {}
-    identity = lambda r: (r.get("dataset"), r.get("preset", {}).get("name"), r.get("minutes"), r.get("format"))
-    if result and identity(result) != (raw.name, preset.name, minutes, RESULT_FORMAT):
+    identity = lambda r: (r.get("dataset"), r.get("preset", {}).get("name"), r.get("minutes"), r.get("iterations"),
+                          r.get("format"))
+    if result and identity(result) != (raw.name, preset.name, minutes, iterations, RESULT_FORMAT):
         raise InputError(f"{result_file} is a benchmark of {result.get('dataset')} with preset "
-                         f"{result.get('preset', {}).get('name')}, {result.get('minutes')} minutes per run (result "
-                         f"format {result.get('format')}); choose another --output to benchmark {raw.name} with "
-                         f"preset {preset.name} and {minutes} minutes")
+                         f"{result.get('preset', {}).get('name')}, {result.get('minutes')} minutes or "
+                         f"{result.get('iterations')} iterations per run (result format {result.get('format')}); "
+                         f"choose another --output to benchmark {raw.name} with preset {preset.name} and "
+                         f"{minutes} minutes or {iterations} iterations")
     output.mkdir(parents=True, exist_ok=True)
     if not os.access(output, os.W_OK):
         raise InputError(f"--output {output} is not writable")
@@ -141,7 +160,7 @@ def run_benchmark(dataset_id: int, preset: Preset, output: Path, budgets: list[s
     if plans is None:
         plans, result["planning_warnings"] = plan_arms(dataset_id, preset, encoder)
     result.update({
-        "format": RESULT_FORMAT, "minutes": minutes, "seeds": sorted(set(result.get("seeds", [])) | set(seeds)),
+        "format": RESULT_FORMAT, "minutes": minutes, "iterations": iterations, "seeds": sorted(set(result.get("seeds", [])) | set(seeds)),
         "dataset": raw.name, "preset": {"name": preset.name, "purpose": preset.purpose, "changes": preset.changes()},
         "machine": machine_description(device), "device": device, "structures": list(structures),
         "budgets": {b: t for b, t in zip(budget_names, summary["train_patients"])},
@@ -170,10 +189,14 @@ def run_benchmark(dataset_id: int, preset: Preset, output: Path, budgets: list[s
             continue
         run.update(label=ARMS[arm], fold=fold, trainer=preset.trainer(arm), plans=plans[arm], seed=seed,
                    iterations_per_epoch=preset.schedule.iterations if preset.schedule else 250)
-        run_env = {**env, SEED_ENV: str(seed), "nnUNet_results": str(results_folder(results_root, seed, minutes, preset))}
+        run_env = {**env, SEED_ENV: str(seed),
+                   "nnUNet_results": str(results_folder(results_root, seed, minutes, preset, iterations))}
         run_env.pop(MINUTES_ENV, None)
+        run_env.pop(ITERATIONS_ENV, None)
         if minutes is not None:
             run_env[MINUTES_ENV] = f"{minutes:g}"
+        if iterations is not None:
+            run_env[ITERATIONS_ENV] = str(iterations)
         tag = f"{arm}_{budget}" + (f"_seed{seed}" if seed else "")
         try:
             train_and_score(run, dataset_id, raw.name, device, run_env, output / "logs" / f"{tag}.log",
@@ -351,6 +374,8 @@ def benchmark_entry(argv: list[str] | None = None) -> None:
     p.add_argument("--minutes", type=float, default=None,
                    help="training time per run, for an equal-time comparison (default: the preset's; cpu-long: "
                         "20); the preset's epochs become a cap")
+    p.add_argument("--iterations", type=int, default=None,
+                   help="training iterations per run instead, for an iteration-matched comparison (no time budget)")
     p.add_argument("--group_pattern", default=DEFAULT_GROUP_PATTERN, help="regex; group 1 is the patient id")
     p.add_argument("--pretrained_encoder", type=Path, default=None, metavar="encoder_export.pt",
                    help="exported encoder for the xlstm_pretrained arm (left out without it)")
@@ -380,7 +405,7 @@ def benchmark_entry(argv: list[str] | None = None) -> None:
                       a.train_patients, a.val_patients, a.val_budget, a.seed, a.pretrained_encoder, a.arms,
                       a.device or ("cuda" if torch.cuda.is_available() else "cpu"), a.group_pattern,
                       a.overwrite_splits, a.test_folder, test_spec, a.timing_cases, a.plan_only, a.seeds, a.minutes,
-                      a.transductive)
+                      a.transductive, a.iterations)
     except InputError as e:
         sys.exit(f"nnunetv2_xlstm_benchmark: error: {e}")
     failed = [f"{arm}, {budget} patients, seed {seed}" for budget, arms in result.get("runs", {}).items()

@@ -24,11 +24,12 @@ from nnunetv2_xlstm.training.lr_schedule import WarmupPolyLR
 from nnunetv2_xlstm.training.refusals import check_pretrained_weights_argument, install_refusal_hook
 from nnunetv2_xlstm.training.schedules import Schedule
 
-__all__ = ["MINUTES_ENV", "SEED_ENV", "ScheduledTrainer"]
+__all__ = ["ITERATIONS_ENV", "MINUTES_ENV", "SEED_ENV", "ScheduledTrainer", "training_budget"]
 
 CPU_DA_CORES = 4  # on a CPU with at most this many cores, augmentation runs in the training process
 SEED_ENV = "NNUNETV2_XLSTM_SEED"  # an integer: seeds torch, numpy and random before the network is built
 MINUTES_ENV = "NNUNETV2_XLSTM_MINUTES"  # a training-time budget in minutes (see ScheduledTrainer)
+ITERATIONS_ENV = "NNUNETV2_XLSTM_ITERATIONS"  # a number of training iterations instead (no time budget)
 
 
 def _env_number(name: str, kind: type, minimum: float) -> float | None:
@@ -42,6 +43,22 @@ def _env_number(name: str, kind: type, minimum: float) -> float | None:
     if number is None or not math.isfinite(number) or number < minimum:
         raise InputError(f"{name}={value!r}: expected {'an integer' if kind is int else 'a number'} >= {minimum}")
     return number
+
+
+def training_budget(schedule: Schedule | None, epochs: int, iterations_per_epoch: int) -> tuple[float | None, int]:
+    """``(time budget in seconds or None, epochs)`` from :data:`MINUTES_ENV` / :data:`ITERATIONS_ENV`, else the
+    schedule's own budget: a time budget keeps the epochs as a cap; an iteration count gives whole epochs, at least
+    that many iterations, and no time budget."""
+    minutes = _env_number(MINUTES_ENV, float, 1e-3)
+    iterations = _env_number(ITERATIONS_ENV, int, 1)
+    if minutes is not None and iterations is not None:
+        raise InputError(f"{MINUTES_ENV} and {ITERATIONS_ENV} are both set: give a training time or a number of "
+                         f"iterations, not both")
+    if iterations is not None:
+        return None, -(-iterations // iterations_per_epoch)
+    if minutes is None and schedule is not None:
+        minutes = schedule.minutes
+    return (None if minutes is None else 60 * minutes), epochs
 
 
 class _BudgetSpent(Exception):
@@ -59,6 +76,8 @@ class ScheduledTrainer(nnUNetTrainer):
     - ``NNUNETV2_XLSTM_SEED`` seeds the run; ``NNUNETV2_XLSTM_MINUTES`` gives it a training-time budget: the epochs
       (training and validation batches, not start-up or the final validation) stop once it is spent, and the warm-up
       and poly decay follow the spent share of the budget instead of the epoch count, which becomes a cap.
+      ``NNUNETV2_XLSTM_ITERATIONS`` instead trains a fixed number of iterations (rounded up to whole epochs), with
+      no time budget: the iteration-matched comparison.
     - Checkpoints are written once and atomically, with what a subclass adds (:meth:`checkpoint_state`); ``--c``
       reads the file once with ``weights_only=True`` and refuses one that holds arbitrary objects.
     - Each epoch logs the peak memory (CUDA: allocated tensors; CPU: the training process's resident set) into
@@ -83,10 +102,6 @@ class ScheduledTrainer(nnUNetTrainer):
         install_refusal_hook()
         check_pretrained_weights_argument()
         self.seed = _env_number(SEED_ENV, int, 0)
-        minutes = _env_number(MINUTES_ENV, float, 1e-3)
-        if minutes is None and self.schedule is not None:
-            minutes = self.schedule.minutes
-        self.time_budget = None if minutes is None else 60 * minutes
         if self.seed is not None:
             random.seed(self.seed)
             np.random.seed(self.seed)
@@ -94,6 +109,8 @@ class ScheduledTrainer(nnUNetTrainer):
         if self.schedule is not None:
             self.num_epochs, self.num_iterations_per_epoch = self.schedule.epochs, self.schedule.iterations
             self.num_val_iterations_per_epoch, self.initial_lr = self.schedule.val_iterations, self.schedule.lr
+        self.time_budget, self.num_epochs = training_budget(self.schedule, self.num_epochs,
+                                                           self.num_iterations_per_epoch)
         self.warmup_epochs = max(1, round(self.warmup_fraction * self.num_epochs)) if self.warmup_fraction else 0
         self.save_every = min(self.save_every, max(1, self.num_epochs // 5))  # short runs keep a resumable checkpoint
         if self.time_budget is not None:
