@@ -40,10 +40,32 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
         raise InputError(f"cannot write {path}: {e.strerror or e}") from None
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        full = full_disk_error(path, e)
+        if full is not None:
+            raise full from None
         raise
     return path
+
+
+LOW_DISK_BYTES = 64 * 2 ** 20  # a writer that fails with less free space than this is taken to have run out of disk
+
+
+def full_disk_error(path: str | Path, error: BaseException) -> InputError | None:
+    """An :class:`InputError` naming ``path`` if the disk it is on is (nearly) full, else None: writers such as
+    ``torch.save`` and SimpleITK report a full disk as an unrelated error ("unexpected pos", "could not write")."""
+    folder = Path(path).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return None
+    if free >= LOW_DISK_BYTES:
+        return None
+    return InputError(f"cannot write {path}: the disk is full ({free / 2 ** 20:.1f} MiB free; the writer said: "
+                      f"{str(error).strip()[:120] or type(error).__name__}). Free space or write to another disk")
 
 
 def _fsync(path: str | Path) -> None:

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from nnunetv2_xlstm.checkpoints import load_nnunet_checkpoint
-from nnunetv2_xlstm.env import InputError
+from nnunetv2_xlstm.env import InputError, error_line
 
 MODEL_SUFFIXES = (".pth", ".pt")
 
@@ -54,8 +54,8 @@ def check_entry(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     try:
         results = check_files(model_files(a.paths))
-    except InputError as e:
-        sys.exit(f"nnunetv2_xlstm_check: error: {e}")
+    except (InputError, OSError) as e:
+        sys.exit(f"nnunetv2_xlstm_check: error: {error_line(e)}")
     for f, why in results.items():
         print(f"{'safe' if why is None else 'REFUSED'}  {f}" + ("" if why is None else f": {why}"))
     refused = sum(why is not None for why in results.values())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -10,6 +11,23 @@ NNUNET_PATH_VARIABLES = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 
 class InputError(RuntimeError):
     """Bad user input (environment, files, arguments). The message names the culprit and the fix."""
+
+
+OS_ERROR_FIXES = {errno.ENOSPC: "the disk is full: free space or write to another disk",
+                  errno.EDQUOT: "the disk quota is exceeded: free space or write elsewhere",
+                  errno.EROFS: "the file system is read-only: write to another folder",
+                  errno.EACCES: "no permission: write to another folder or fix its permissions",
+                  errno.EPERM: "not permitted: write to another folder or fix its permissions"}
+
+
+def error_line(e: BaseException) -> str:
+    """The one line a command prints for a refusal (:class:`InputError`) or a file-system error (``OSError``:
+    naming the file, the cause and the fix)."""
+    if isinstance(e, OSError) and not isinstance(e, InputError):
+        where = e.filename or "a file"
+        fix = OS_ERROR_FIXES.get(e.errno)
+        return f"cannot write or read {where}: {e.strerror or e}" + (f" ({fix})" if fix else "")
+    return str(e)
 
 
 def ext_trainer_path() -> str:

@@ -29,7 +29,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from nnunetv2_xlstm.atomic import atomic_write_text
-from nnunetv2_xlstm.env import InputError
+from nnunetv2_xlstm.env import InputError, error_line
 from nnunetv2_xlstm.imageio import check_same_geometry, label_array, read_image
 
 
@@ -169,8 +169,8 @@ def evaluate_entry(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     try:
         result = evaluate_folder(a.ref, a.pred, parse_spec(a.structures, a.remap, a.ignore), a.file_ending)
-    except InputError as e:
-        sys.exit(f"nnunetv2_xlstm_evaluate: error: {e}")
+    except (InputError, OSError) as e:
+        sys.exit(f"nnunetv2_xlstm_evaluate: error: {error_line(e)}")
     out = a.o or a.pred / "evaluation.json"
     atomic_write_text(out, json.dumps(result, indent=2))
     print(markdown_table(result))

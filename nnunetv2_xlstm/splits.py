@@ -23,7 +23,7 @@ from pathlib import Path
 
 from nnunetv2_xlstm.atomic import atomic_write_text
 from nnunetv2_xlstm.datasets import check_dataset_json, find_raw_dataset
-from nnunetv2_xlstm.env import InputError, require_env
+from nnunetv2_xlstm.env import InputError, error_line, require_env
 
 DEFAULT_GROUP_PATTERN = r"^(.+?)(?:_frame\d+)?$"
 
@@ -159,8 +159,8 @@ def split_entry(argv: list[str] | None = None) -> None:
     try:
         target = write_few_label_splits(a.d, a.budget or "fixed lists", a.folds, a.seed, a.val_patients,
                                         a.val_budget, a.train_patients, a.group_pattern, a.overwrite)
-    except InputError as e:
-        sys.exit(f"nnunetv2_xlstm_split: error: {e}")
+    except (InputError, OSError) as e:
+        sys.exit(f"nnunetv2_xlstm_split: error: {error_line(e)}")
     summary = json.loads((target.parent / "few_label_splits.json").read_text())
     for k, (train, fold) in enumerate(zip(summary["train_patients"], summary["folds"])):
         print(f"fold {k}: train {len(train)} patients ({len(fold['train'])} cases: {', '.join(train)}), val "

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nnunetv2_xlstm.env import InputError
+from nnunetv2_xlstm.env import InputError, error_line
 from nnunetv2_xlstm_pretraining.config import PRESETS, SourceConfig, load_config
 
 
@@ -63,8 +63,8 @@ def pretrain_entry(argv: list[str] | None = None) -> None:
         config = load_config(a.config, a.preset, [*shorthands, *a.set], [parse_source(s) for s in a.source])
         print(describe(config), flush=True)
         result = pretrain(config, a.output, resume=a.resume, progress=not a.no_pbar)
-    except InputError as e:
-        sys.exit(f"nnunetv2_xlstm_pretrain: error: {e}")
+    except (InputError, OSError) as e:
+        sys.exit(f"nnunetv2_xlstm_pretrain: error: {error_line(e)}")
     print(f"exported encoder: {result['export']}")
 
 

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from nnunetv2_xlstm.atomic import atomic_write, atomic_write_text
 from nnunetv2_xlstm.checkpoints import load_encoder_into, load_exported_encoder
-from nnunetv2_xlstm.env import InputError, require_env
+from nnunetv2_xlstm.env import InputError, error_line, require_env
 from nnunetv2_xlstm.leakage import check_no_leak
 from nnunetv2_xlstm.precision import bf16_autocast, bf16_decision
 from nnunetv2_xlstm.splits import DEFAULT_GROUP_PATTERN, group_patients
@@ -338,8 +338,8 @@ def probe_entry(argv: list[str] | None = None) -> None:
         text = probe_markdown(result, f"{a.encoder} on {a.d} ({a.p}, {a.c})") + (f"\n**{note}**\n" if note else "")
         atomic_write_text(a.output / "probe.json", json.dumps(result, indent=1))
         atomic_write_text(a.output / "probe.md", text)
-    except InputError as e:
-        sys.exit(f"nnunetv2_xlstm_probe: error: {e}")
+    except (InputError, OSError) as e:
+        sys.exit(f"nnunetv2_xlstm_probe: error: {error_line(e)}")
     print(text + f"\n{result['seconds']:.0f} s; wrote {a.output / 'probe.json'} and probe.md")
 
 

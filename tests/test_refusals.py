@@ -177,3 +177,63 @@ def test_an_export_that_does_not_fit_its_own_architecture_is_refused_before_plan
     with pytest.raises(InputError, match=r"bad.pt does not fit .* of another shape"):
         plan_and_preprocess([976], configurations=["3d_fullres"], planner_kwargs={"pretrained_encoder": tmp_path / "bad.pt"})
     assert not list(Path(nnunet_env["nnUNet_preprocessed"]).iterdir())  # refused before anything was written
+
+
+# ------------------------------------------------------------------------------------------ read-only and full disks
+def test_a_file_system_error_is_one_line_naming_the_file_and_the_fix() -> None:
+    import errno
+
+    from nnunetv2_xlstm.env import error_line
+
+    line = error_line(OSError(errno.EROFS, "Read-only file system", "/data/out/splits_final.json"))
+    assert line == ("cannot write or read /data/out/splits_final.json: Read-only file system (the file system is "
+                    "read-only: write to another folder)")
+    assert "the disk is full" in error_line(OSError(errno.ENOSPC, "No space left on device", "/x"))
+    assert error_line(InputError("as it was")) == "as it was"
+
+
+def test_split_on_a_read_only_folder_is_one_line(nnunet_env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    import errno
+
+    from nnunetv2_xlstm.demo.phantoms import PhantomGeometry, write_phantom_dataset
+    from nnunetv2_xlstm.splits import split_entry
+
+    write_phantom_dataset(Path(nnunet_env["nnUNet_raw"]), 987, 4, 0, geometry=PhantomGeometry((16, 16, 16), 9.0),
+                          progress=False)
+
+    def read_only(self, *args, **kwargs):  # what mkdir raises on a read-only mount (root ignores chmod)
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    with pytest.raises(SystemExit) as e:
+        split_entry(["-d", "987", "--budget", "2", "--folds", "1"])
+    assert str(e.value).startswith("nnunetv2_xlstm_split: error: cannot write") and "read-only" in str(e.value)
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_full_disk_is_named_when_the_writer_says_something_else(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+    from collections import namedtuple
+
+    from nnunetv2_xlstm.atomic import atomic_write
+    from nnunetv2_xlstm.conversion.common import write_image
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10 ** 9, 10 ** 9 - 1024, 1024))
+
+    def torch_on_a_full_disk(tmp: str) -> None:
+        raise RuntimeError("[enforce fail at inline_container.cc:858] . PytorchStreamWriter failed writing file "
+                           "data/3: file write failed (unexpected pos 64 vs 128)")
+
+    with pytest.raises(InputError, match=r"cannot write .*export.pt: the disk is full \(0.0 MiB free"):
+        atomic_write(tmp_path / "run" / "export.pt", torch_on_a_full_disk)
+    assert not list((tmp_path / "run").iterdir())  # no half-written temporary file left
+    monkeypatch.setattr(sitk, "WriteImage", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("ITK ERROR")))
+    with pytest.raises(InputError, match="labelsTr.case.nii.gz: the disk is full"):
+        write_image(sitk.Image(4, 4, 4, sitk.sitkUInt8), tmp_path / "labelsTr" / "case.nii.gz")
+    # with space left, an unrelated failure is not called a full disk
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10 ** 12, 0, 10 ** 12))
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        atomic_write(tmp_path / "run" / "export.pt", torch_on_a_full_disk)

@@ -42,7 +42,7 @@ from nnunetv2_xlstm.benchmark.report import (curve_from_checkpoint, markdown_rep
 from nnunetv2_xlstm.checkpoints import load_exported_encoder, load_nnunet_checkpoint
 from nnunetv2_xlstm.commands import run_command
 from nnunetv2_xlstm.datasets import check_dataset_json, find_raw_dataset
-from nnunetv2_xlstm.env import InputError, ext_trainer_value, require_env
+from nnunetv2_xlstm.env import InputError, error_line, ext_trainer_value, require_env
 from nnunetv2_xlstm.evaluation import LabelSpec, evaluate_folder, parse_spec
 from nnunetv2_xlstm.leakage import TRANSDUCTIVE_ENV, case_id, check_no_leak
 from nnunetv2_xlstm.splits import DEFAULT_GROUP_PATTERN, write_few_label_splits
@@ -406,8 +406,8 @@ def benchmark_entry(argv: list[str] | None = None) -> None:
                       a.device or ("cuda" if torch.cuda.is_available() else "cpu"), a.group_pattern,
                       a.overwrite_splits, a.test_folder, test_spec, a.timing_cases, a.plan_only, a.seeds, a.minutes,
                       a.transductive, a.iterations)
-    except InputError as e:
-        sys.exit(f"nnunetv2_xlstm_benchmark: error: {e}")
+    except (InputError, OSError) as e:
+        sys.exit(f"nnunetv2_xlstm_benchmark: error: {error_line(e)}")
     failed = [f"{arm}, {budget} patients, seed {seed}" for budget, arms in result.get("runs", {}).items()
               for arm, seeds in arms.items() for seed, run in seeds.items() if run.get("status", "done") != "done"]
     if failed:

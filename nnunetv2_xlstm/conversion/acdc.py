@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from nnunetv2_xlstm.conversion.common import map_labels, raw_dataset, write_case, write_dataset_json
 from nnunetv2_xlstm.imageio import read_image
-from nnunetv2_xlstm.env import InputError, require_env
+from nnunetv2_xlstm.env import InputError, error_line, require_env
 
 ACDC_LABELS = {"background": 0, "RV": 1, "MYO": 2, "LV": 3}
 FRAME = re.compile(r"^(patient\d+_frame\d+)\.nii(\.gz)?$")
@@ -52,6 +52,6 @@ def convert_acdc_entry(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     try:
         out = convert_acdc(a.source, require_env("nnUNet_raw")["nnUNet_raw"], a.d)
-    except InputError as e:
-        sys.exit(f"nnunetv2_xlstm_convert_acdc: error: {e}")
+    except (InputError, OSError) as e:
+        sys.exit(f"nnunetv2_xlstm_convert_acdc: error: {error_line(e)}")
     print(f"wrote {out}")

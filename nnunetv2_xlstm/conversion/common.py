@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from nnunetv2_xlstm.atomic import full_disk_error
 from nnunetv2_xlstm.datasets import atomic_directory, new_dataset_folder
 from nnunetv2_xlstm.env import InputError
 from nnunetv2_xlstm.imageio import check_same_geometry, label_array, read_image  # noqa: F401
@@ -42,11 +43,20 @@ def write_case(folder: Path, split: str, case: str, image_path: Path, label: sit
     if image_path.name.endswith(".nii.gz"):
         shutil.copyfile(image_path, target)
     else:
-        sitk.WriteImage(image, str(target), useCompression=True)
+        write_image(image, target)
     if label is None:
         return
     check_same_geometry(image, image_path, label, label_path)
-    sitk.WriteImage(label, str(folder / f"labels{split}" / f"{case}.nii.gz"), useCompression=True)
+    write_image(label, folder / f"labels{split}" / f"{case}.nii.gz")
+
+
+def write_image(image: sitk.Image, path: Path) -> None:
+    """``sitk.WriteImage`` (compressed); a full disk becomes an :class:`InputError` that says so."""
+    try:
+        sitk.WriteImage(image, str(path), useCompression=True)
+    except RuntimeError as e:
+        raise full_disk_error(path, e) or InputError(f"cannot write {path}: {str(e).strip().splitlines()[-1][:200]}") \
+            from None
 
 
 @contextmanager

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from nnunetv2_xlstm.conversion.common import map_labels, raw_dataset, write_case, write_dataset_json
 from nnunetv2_xlstm.imageio import read_image
-from nnunetv2_xlstm.env import InputError, require_env
+from nnunetv2_xlstm.env import InputError, error_line, require_env
 from nnunetv2_xlstm.labels import MMWHS_TO_LABEL, WHOLE_HEART_LABELS
 
 PREFIX = {"CT": "ct", "MRI": "mr"}
@@ -62,6 +62,6 @@ def convert_mmwhs_entry(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     try:
         out = convert_mmwhs(a.source, require_env("nnUNet_raw")["nnUNet_raw"], a.d, a.modality)
-    except InputError as e:
-        sys.exit(f"nnunetv2_xlstm_convert_mmwhs: error: {e}")
+    except (InputError, OSError) as e:
+        sys.exit(f"nnunetv2_xlstm_convert_mmwhs: error: {error_line(e)}")
     print(f"wrote {out}")

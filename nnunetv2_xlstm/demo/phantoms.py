@@ -20,7 +20,7 @@ from scipy.ndimage import gaussian_filter
 from tqdm import tqdm
 
 from nnunetv2_xlstm.datasets import atomic_directory, new_dataset_folder
-from nnunetv2_xlstm.env import InputError, require_env
+from nnunetv2_xlstm.env import InputError, error_line, require_env
 from nnunetv2_xlstm.labels import WHOLE_HEART_LABELS as L
 
 MODALITIES = ("CT", "MRI")
@@ -178,6 +178,6 @@ def phantoms_entry(argv: list[str] | None = None) -> None:
         raw = require_env("nnUNet_raw")["nnUNet_raw"]
         out = write_phantom_dataset(raw, a.d, a.num_train, a.num_test, tuple(a.modalities),
                                     PhantomGeometry((a.size,) * 3, a.spacing), a.seed)
-    except InputError as e:
-        sys.exit(f"nnunetv2_xlstm_phantoms: error: {e}")
+    except (InputError, OSError) as e:
+        sys.exit(f"nnunetv2_xlstm_phantoms: error: {error_line(e)}")
     print(out)

@@ -23,7 +23,7 @@ from nnunetv2_xlstm.atomic import atomic_write, atomic_write_text
 from nnunetv2_xlstm.checkpoints import atomic_torch_save, load_nnunet_checkpoint
 from nnunetv2_xlstm.commands import run_command
 from nnunetv2_xlstm.demo.phantoms import PhantomGeometry, write_phantom_dataset
-from nnunetv2_xlstm.env import InputError, nnunet_environment
+from nnunetv2_xlstm.env import InputError, error_line, nnunet_environment
 from nnunetv2_xlstm.labels import WHOLE_HEART_LABELS
 
 MARKER = ".nnunetv2_xlstm_demo"
@@ -186,5 +186,5 @@ def demo_entry(argv: list[str] | None = None) -> None:
     try:
         run_demo(a.output, a.d, a.num_train, a.num_test, a.seed, a.schedule, a.labelled,
                  "demo" if a.schedule == "short" else "smoke")
-    except InputError as e:
-        sys.exit(f"nnunetv2_xlstm_demo: error: {e}")
+    except (InputError, OSError) as e:
+        sys.exit(f"nnunetv2_xlstm_demo: error: {error_line(e)}")

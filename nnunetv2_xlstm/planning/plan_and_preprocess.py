@@ -22,7 +22,7 @@ from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
 
 from nnunetv2_xlstm.checkpoints import check_export_fits_its_plan, load_exported_encoder
 from nnunetv2_xlstm.datasets import check_dataset_json, check_raw_dataset, find_raw_dataset
-from nnunetv2_xlstm.env import InputError, require_env
+from nnunetv2_xlstm.env import InputError, error_line, require_env
 from nnunetv2_xlstm.planning.planner import XLSTMUNetPlanner, encoder_geometry
 
 OUR_PLANNERS = {"XLSTMUNetPlanner": XLSTMUNetPlanner}
@@ -146,5 +146,5 @@ def plan_and_preprocess_entry(argv: list[str] | None = None) -> None:
         plan_and_preprocess(a.d, a.pl, a.c, a.np, a.gpu_memory_target, a.overwrite_target_spacing,
                             a.overwrite_plans_name, a.preprocessor_name, a.fpe, a.npfp, a.verify_dataset_integrity,
                             a.clean, a.no_pp, a.verbose, kwargs, check_raw=not a.no_raw_check)
-    except InputError as e:
-        sys.exit(f"nnunetv2_xlstm_plan_and_preprocess: error: {e}")
+    except (InputError, OSError) as e:
+        sys.exit(f"nnunetv2_xlstm_plan_and_preprocess: error: {error_line(e)}")
