@@ -37,14 +37,19 @@ def _anisotropic(dataset: Path) -> None:
         sitk.WriteImage(image, str(f))
 
 
-@pytest.fixture
-def planned(nnunet_env: dict[str, str]) -> tuple[Path, Path]:
-    """A phantom data set planned first (XLSTMUNet plans): (raw folder, plans file)."""
-    dataset = write_phantom_dataset(Path(nnunet_env["nnUNet_raw"]), 981, 4, 2, geometry=GEOMETRY, progress=False)
+def _plan_first(root: Path) -> None:
+    dataset = write_phantom_dataset(root / "nnUNet_raw", 981, 4, 2, geometry=GEOMETRY, progress=False)
     _anisotropic(dataset)
-    name = plan_and_preprocess([981], configurations=["3d_fullres"], num_processes=[1], num_processes_fingerprint=1,
-                               planner_kwargs=PLANNER)
-    return dataset, Path(nnunet_env["nnUNet_preprocessed"]) / dataset.name / f"{name}.json"
+    plan_and_preprocess([981], configurations=["3d_fullres"], num_processes=[1], num_processes_fingerprint=1,
+                        planner_kwargs=PLANNER)
+
+
+@pytest.fixture
+def planned(nnunet_env: dict[str, str], built_once) -> tuple[Path, Path]:
+    """A phantom data set planned first (XLSTMUNet plans): (raw folder, plans file)."""
+    built_once("plan_first", _plan_first)
+    dataset = next(Path(nnunet_env["nnUNet_raw"]).glob("Dataset981_*"))
+    return dataset, Path(nnunet_env["nnUNet_preprocessed"]) / dataset.name / "nnUNetPlansXLSTM.json"
 
 
 def _config(dataset: Path, plans: Path, **overrides):

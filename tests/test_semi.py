@@ -256,20 +256,26 @@ def test_unlabelled_cache_is_keyed_by_the_plans_contents(tmp_path: Path) -> None
 
 
 # ------------------------------------------------------------------------------------------------ the trainer itself
-@pytest.fixture
-def semi_trainer(nnunet_env: dict[str, str]):
-    """A built and initialised ``nnUNetTrainerXLSTMSemi_smoke`` on a small phantom data set (no training run)."""
+def _small_plans(root: Path) -> None:
     from nnunetv2_xlstm.demo.phantoms import PhantomGeometry, write_phantom_dataset
     from nnunetv2_xlstm.planning.plan_and_preprocess import plan_and_preprocess
-    from nnunetv2_xlstm.training import semi
 
-    dataset = write_phantom_dataset(Path(nnunet_env["nnUNet_raw"]), 995, 4, 0,
-                                    geometry=PhantomGeometry((24, 24, 24), 6.0), progress=False)
+    dataset = write_phantom_dataset(root / "nnUNet_raw", 995, 4, 0, geometry=PhantomGeometry((24, 24, 24), 6.0),
+                                    progress=False)
     plan_and_preprocess([995], configurations=["3d_fullres"], num_processes=[1], num_processes_fingerprint=1,
                         planner_kwargs={"base_features": 8, "max_features": 32, "batch_size": 2})
-    folder = Path(nnunet_env["nnUNet_preprocessed"]) / dataset.name
-    (folder / "splits_final.json").write_text(json.dumps(
+    (root / "nnUNet_preprocessed" / dataset.name / "splits_final.json").write_text(json.dumps(
         [{"train": ["phantom_000_CT", "phantom_001_MRI"], "val": ["phantom_002_CT", "phantom_003_MRI"]}]))
+
+
+@pytest.fixture
+def semi_trainer(nnunet_env: dict[str, str], built_once):
+    """A built and initialised ``nnUNetTrainerXLSTMSemi_smoke`` on a small phantom data set (no training run)."""
+    from nnunetv2_xlstm.training import semi
+
+    built_once("small_plans", _small_plans)
+    dataset = next(Path(nnunet_env["nnUNet_raw"]).glob("Dataset995_*"))
+    folder = Path(nnunet_env["nnUNet_preprocessed"]) / dataset.name
     plans = {**json.loads((folder / "nnUNetPlansXLSTM.json").read_text()), "continue_training": False}
     trainer = semi.nnUNetTrainerXLSTMSemi_smoke(plans, "3d_fullres", 0, json.loads((folder / "dataset.json")
                                                                                    .read_text()), torch.device("cpu"))
