@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from nnunetv2_xlstm.checkpoints import ENCODER_ARCH_KEYS, atomic_torch_save, load_encoder_into, save_exported_encoder
+from nnunetv2_xlstm.checkpoints import (ENCODER_ARCH_KEYS, atomic_torch_save, load_encoder_into, load_exported_encoder,
+                                        save_exported_encoder)
 from nnunetv2_xlstm.demo.phantoms import PhantomGeometry, write_phantom_dataset
 from nnunetv2_xlstm.env import InputError
 from nnunetv2_xlstm.planning.plan_and_preprocess import plan_and_preprocess
@@ -319,3 +320,31 @@ def test_split_command_writes_nnunet_splits(nnunet_env: dict[str, str], capsys: 
     split_entry(["-d", "994", "--budget", "2", "--val_budget", "2", "--folds", "2"])  # the same splits: fine
     split_entry(["-d", "994", "--budget", "3", "--val_budget", "2", "--overwrite"])
     assert len(json.loads((folder / "splits_final.json").read_text())) == 5
+
+
+def test_probe_command_scores_an_export_against_random_init(encoder_plans: tuple[Path, Path], tmp_path: Path,
+                                                            nnunet_env: dict[str, str],
+                                                            capsys: pytest.CaptureFixture) -> None:
+    from nnunetv2_xlstm_pretraining.probe import probe_entry
+
+    dataset, export = encoder_plans
+    out = tmp_path / "probe"
+    args = ["--encoder", str(export), "-d", "993", "-p", "nnUNetPlansXLSTMEncoder", "--train_patients",
+            "phantom_000_CT", "phantom_001_MRI", "--val_patients", "phantom_002_CT", "phantom_003_MRI", "--seeds", "0",
+            "1", "--steps", "3", "--output", str(out)]
+    probe_entry(args)
+    result = json.loads((out / "probe.json").read_text())
+    assert sorted(result["pretrained"]) == sorted(result["random"]) == ["0", "1"]
+    for kind in ("pretrained", "random"):
+        assert all(0 <= d["mean"] <= 1 for d in result[kind].values())
+    printed = capsys.readouterr().out
+    assert "records no pretraining pool" in printed  # an export of unknown pool is said to be so
+    assert "random" in (out / "probe.md").read_text() and "random" in printed
+    # an export whose pool holds a scored patient is refused before any data is read
+    weights, plan = torch.load(export, weights_only=True)["network_weights"], load_exported_encoder(export)[1]
+    plan["pretrain_plan"]["pool"] = {"cases": ["phantom_003_MRI", "other"], "files": [], "sha256": "0"}
+    save_exported_encoder(tmp_path / "leaky.pt", weights, plan)
+    with pytest.raises(SystemExit, match="pretrained on images of 1 development patient.*phantom_003_MRI"):
+        probe_entry(["--encoder", str(tmp_path / "leaky.pt"), *args[2:]])
+    with pytest.raises(SystemExit, match="--steps must be >= 1"):
+        probe_entry([*args[:-4], "--steps", "0", "--output", str(out)])
