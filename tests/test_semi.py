@@ -111,13 +111,13 @@ def test_semi_trainer_through_nnunet_commands(tmp_path: Path, nnunet_env: dict[s
     train = [str(bin_ / "nnUNetv2_train"), "996", "3d_fullres", "0", "-tr", "nnUNetTrainerXLSTMSemi_smoke", "-p",
              "nnUNetPlansXLSTM", "-device", "cpu"]
     env = {**nnunet_env, "NNUNETV2_XLSTM_MINUTES": "", "nnUNet_n_proc_DA": "0"}
-    # warm start 20 % of 2 epochs: epoch 0 labelled-only, epoch 1 semi-supervised
+    # the warm start ends at the latest at half the training: epoch 0 labelled-only, epoch 1 semi-supervised
     done = subprocess.run(train, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     folder = Path(nnunet_env["nnUNet_results"]) / dataset.name / "nnUNetTrainerXLSTMSemi_smoke__nnUNetPlansXLSTM__3d_fullres" / "fold_0"
     checkpoint = load_nnunet_checkpoint(folder / "checkpoint_final.pth")
     teacher, student = checkpoint["teacher_weights"], checkpoint["network_weights"]
-    assert checkpoint["teacher_started"] and set(teacher) == set(student)
+    assert checkpoint["semi_started_at"] == 1 and set(teacher) == set(student)  # the semi phase began at epoch 1
     assert any(not torch.equal(teacher[k], student[k]) for k in student)  # an EMA, not a copy
     log = checkpoint["logging"]
     assert len(log["loss_unlabelled"]) == 2 and log["pseudo_share"][1] > 0
