@@ -8,6 +8,8 @@ every arm's plans from that, so the arms share data, spacing, patch and batch an
 ``resenc_m``           ``ResidualEncoderUNet`` with ResEnc-M's blocks per stage (1, 3, 4, 6, ...)
 ``xlstm``              ``XLSTMUNet``, shaped like the pretrained encoder when one is given; from scratch
 ``xlstm_pretrained``   the same plans, starting from the pretrained encoder
+``xlstm_pretrained_``  the same, starting from the pretrained encoder and decoder (exports made in the plans'
+``decoder``            geometry carry both)
 ``xlstm_no_mlstm``     the ``xlstm`` network with its mLSTM blocks removed (``mlstm_stages=[]``): the ablation
 ``xlstm_light``        the ``xlstm`` network with one residual block per stage (mLSTM kept): about stock nnU-Net's
                        step time, so that the mLSTM is also judged at equal cost
@@ -16,7 +18,7 @@ every arm's plans from that, so the arms share data, spacing, patch and batch an
 ``semi``
 =====================  =====================================================================================
 
-The semi-supervised arms and ``xlstm_light`` run only when named in ``--arms`` (:data:`DEFAULT_ARMS` are the
+The semi-supervised arms, ``xlstm_pretrained_decoder`` and ``xlstm_light`` run only when named in ``--arms`` (:data:`DEFAULT_ARMS` are the
 others).
 
 The ``full`` preset plans the stock arms with nnU-Net's own planners (``nnUNetPlans``, ``nnUNetResEncUNetMPlans``).
@@ -36,13 +38,14 @@ from nnunetv2_xlstm.planning.plan_and_preprocess import plan_and_preprocess
 from nnunetv2_xlstm.planning.planner import XLSTMUNetPlanner, attach_encoder
 
 ARMS = {"stock": "nnU-Net (PlainConvUNet)", "resenc_m": "ResEnc-M", "xlstm": "XLSTMUNet, scratch",
-        "xlstm_pretrained": "XLSTMUNet, pretrained", "xlstm_no_mlstm": "XLSTMUNet without mLSTM",
+        "xlstm_pretrained": "XLSTMUNet, pretrained",
+        "xlstm_pretrained_decoder": "XLSTMUNet, pretrained encoder and decoder", "xlstm_no_mlstm": "XLSTMUNet without mLSTM",
         "xlstm_light": "XLSTMUNet, one block per stage", "xlstm_semi": "XLSTMUNet, semi-supervised",
         "xlstm_pretrained_semi": "XLSTMUNet, pretrained, semi-supervised"}
 DEFAULT_ARMS = ("stock", "resenc_m", "xlstm", "xlstm_pretrained", "xlstm_no_mlstm")
 # arms with plans of their own; the others use xlstm's
 DERIVED = ("stock", "resenc_m", "xlstm", "xlstm_no_mlstm", "xlstm_light")
-PRETRAINED = ("xlstm_pretrained", "xlstm_pretrained_semi")  # arms that need an encoder
+PRETRAINED = ("xlstm_pretrained", "xlstm_pretrained_decoder", "xlstm_pretrained_semi")  # arms that need an encoder
 CONFIG = "3d_fullres"
 PLAIN_CONV_UNET = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
 RESIDUAL_ENCODER_UNET = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"

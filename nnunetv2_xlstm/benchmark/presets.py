@@ -29,7 +29,8 @@ class Preset:
     def trainer(self, arm: str) -> str:
         """The trainer of ``arm``: all arms of a reduced preset share one recipe; only the pretrained one loads."""
         suffix = f"_{self.name.replace('-', '')}" if self.schedule is not None else ""
-        semi = {"xlstm_pretrained": "nnUNetTrainerXLSTMPretrained", "xlstm_semi": "nnUNetTrainerXLSTMSemi",
+        semi = {"xlstm_pretrained": "nnUNetTrainerXLSTMPretrained",
+                "xlstm_pretrained_decoder": "nnUNetTrainerXLSTMPretrainedDecoder", "xlstm_semi": "nnUNetTrainerXLSTMSemi",
                 "xlstm_pretrained_semi": "nnUNetTrainerXLSTMPretrainedSemi"}
         if arm in semi:
             return semi[arm] + suffix

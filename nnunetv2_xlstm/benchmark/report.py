@@ -14,7 +14,7 @@ from nnunetv2_xlstm.splits import DEFAULT_GROUP_PATTERN, group_patients
 
 STOCK = "stock"  # the arm every other arm's paired difference refers to
 # arms that change one thing of another arm, and that arm: their paired difference is reported as well
-TWINS = {"xlstm_pretrained": "xlstm", "xlstm_semi": "xlstm", "xlstm_pretrained_semi": "xlstm_pretrained"}
+TWINS = {"xlstm_pretrained": "xlstm", "xlstm_pretrained_decoder": "xlstm", "xlstm_semi": "xlstm", "xlstm_pretrained_semi": "xlstm_pretrained"}
 
 
 def curve_from_checkpoint(folder: Path) -> list[dict]:

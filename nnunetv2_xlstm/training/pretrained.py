@@ -24,7 +24,8 @@ from nnunetv2_xlstm.training.schedules import CPU, CPU_LONG, FINE_TUNING_WARMUP,
 from nnunetv2_xlstm.training.xlstm import nnUNetTrainerXLSTM
 
 __all__ = ["nnUNetTrainerXLSTMPretrained", "nnUNetTrainerXLSTMPretrainedDecoder",
-           "nnUNetTrainerXLSTMPretrainedDecoder_cpulong", "nnUNetTrainerXLSTMPretrainedDecoder_smoke",
+           "nnUNetTrainerXLSTMPretrainedDecoder_cpu", "nnUNetTrainerXLSTMPretrainedDecoder_cpulong",
+           "nnUNetTrainerXLSTMPretrainedDecoder_gpu15min", "nnUNetTrainerXLSTMPretrainedDecoder_smoke",
            "nnUNetTrainerXLSTMPretrained_cpu", "nnUNetTrainerXLSTMPretrained_cpulong",
            "nnUNetTrainerXLSTMPretrained_gpu15min", "nnUNetTrainerXLSTMPretrained_short",
            "nnUNetTrainerXLSTMPretrained_smoke"]
@@ -86,6 +87,14 @@ class nnUNetTrainerXLSTMPretrainedDecoder(nnUNetTrainerXLSTMPretrained):
 
 class nnUNetTrainerXLSTMPretrainedDecoder_smoke(nnUNetTrainerXLSTMPretrainedDecoder):
     schedule = SMOKE
+
+
+class nnUNetTrainerXLSTMPretrainedDecoder_cpu(nnUNetTrainerXLSTMPretrainedDecoder):
+    schedule = CPU
+
+
+class nnUNetTrainerXLSTMPretrainedDecoder_gpu15min(nnUNetTrainerXLSTMPretrainedDecoder):
+    schedule = GPU15MIN
 
 
 class nnUNetTrainerXLSTMPretrainedDecoder_cpulong(nnUNetTrainerXLSTMPretrainedDecoder):
