@@ -119,3 +119,29 @@ def test_acdc_original_layout(tmp_path: Path, acdc: Path, monkeypatch: pytest.Mo
     (acdc / "training" / "patient001" / "patient001_frame12_gt.nii.gz").unlink()
     with pytest.raises(InputError, match="patient001_frame12_gt.nii.gz is missing"):
         convert_acdc(acdc, tmp_path / "raw", 813, progress=False)
+
+
+def test_acdc_converter_on_a_read_only_or_full_disk_is_one_line(tmp_path: Path, acdc: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import shutil
+    import tempfile
+    from collections import namedtuple
+
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
+    (tmp_path / "raw").mkdir()
+
+    def read_only(*args, **kwargs):  # what a read-only mount gives (root ignores chmod)
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "raw"))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(tempfile, "mkdtemp", read_only)
+        with pytest.raises(SystemExit, match="convert_acdc: error: cannot write.*read-only: write to another folder"):
+            convert_acdc_entry([str(acdc), "-d", "814"])
+    # a full disk while SimpleITK writes a label: named as such, and no half-converted data set is left
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10 ** 9, 10 ** 9, 0))
+    monkeypatch.setattr(sitk, "WriteImage", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("ITK write failed")))
+    with pytest.raises(SystemExit, match="convert_acdc: error: cannot write .*the disk is full"):
+        convert_acdc_entry([str(acdc), "-d", "815"])
+    assert not list((tmp_path / "raw").glob("*815*"))  # neither the data set nor its hidden temporary folder

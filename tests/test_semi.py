@@ -349,3 +349,16 @@ def test_semi_steps_warm_start_then_teacher_and_mixes(semi_trainer) -> None:
     assert any(not torch.equal(trainer.teacher.state_dict()[k], v)
                for k, v in trainer.plain_network().state_dict().items())  # the EMA follows the student
     assert trainer.semi_iterations == 2
+
+
+def test_an_unreadable_unlabelled_image_is_refused_by_name(semi_trainer, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    bad = tmp_path / "notanimage_0000.nii.gz"
+    bad.write_bytes(b"random bytes, not a NIfTI file")
+    monkeypatch.setenv(UNLABELLED_ENV, str(tmp_path / "list.txt"))
+    (tmp_path / "list.txt").write_text(f"{bad}\n")
+    cases = semi_trainer.unlabelled_cases()
+    folder = semi_trainer.unlabelled_folder(cases)
+    with pytest.raises(InputError, match="cannot read the unlabelled case notanimage.*notanimage_0000.nii.gz.*Remove it"):
+        semi_trainer.preprocess_unlabelled(cases, folder)
+    assert not (folder / "complete.json").exists()  # nothing marked done
