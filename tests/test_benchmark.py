@@ -288,9 +288,14 @@ def test_iteration_matched_trainer_has_whole_epochs_and_no_time_budget(monkeypat
     assert training_budget(long, 1000, 25) == (300.0, 1000)
 
 
+ARMS_RUN = ("stock", "xlstm", "xlstm_pretrained", "xlstm_no_mlstm")
+
+
 @pytest.mark.slow
 def test_benchmark_command_on_phantoms(tmp_path: Path, nnunet_env: dict[str, str]) -> None:
-    """Every arm on two nested budgets through the real command, then a second call that only reports."""
+    """Four arms on two nested budgets through the real command (stock, scratch, pretrained, the ablation: ResEnc-M
+    and the light arm differ from these only in their plans, which are checked), then a second call that only
+    reports."""
     dataset = write_phantom_dataset(Path(nnunet_env["nnUNet_raw"]), 994, 6, 2, geometry=PhantomGeometry((40, 40, 40), 3.6),
                                     progress=False)
     development = ["phantom_004_CT", "phantom_005_MRI"]  # never in the pool: the benchmark refuses such an encoder
@@ -302,8 +307,8 @@ def test_benchmark_command_on_phantoms(tmp_path: Path, nnunet_env: dict[str, str
                     "--source", f"{pool}:MRI", "--no_pbar"], env=nnunet_env, check=True, capture_output=True)
     out = tmp_path / "bench"
     command = [str(bin_ / "nnunetv2_xlstm_benchmark"), "-d", "994", "--preset", "smoke", "--budgets", "1", "2",
-               "--val_patients", *development, "--pretrained_encoder", str(tmp_path / "pt" / "encoder_export.pt"), "--output",
-               str(out), "--device", "cpu"]
+               "--val_patients", *development, "--pretrained_encoder", str(tmp_path / "pt" / "encoder_export.pt"),
+               "--arms", *ARMS_RUN, "--output", str(out), "--device", "cpu"]
     first = subprocess.run(command, env=nnunet_env, capture_output=True, text=True)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     result = json.loads((out / "benchmark.json").read_text())
@@ -312,7 +317,7 @@ def test_benchmark_command_on_phantoms(tmp_path: Path, nnunet_env: dict[str, str
     assert set(budgets["1"]) < set(budgets["2"]) and not set(budgets["2"]) & set(result["val_patients"])
     structures = [k for k in json.loads((dataset / "dataset.json").read_text())["labels"] if k != "background"]
     for budget, runs in result["runs"].items():
-        assert list(runs) == list(DEFAULT_ARMS)
+        assert list(runs) == list(ARMS_RUN)
         for arm, seeds in runs.items():
             run = seeds["0"]
             assert run["status"] == "done", (budget, arm, run.get("status"))
@@ -345,7 +350,7 @@ def test_benchmark_command_on_phantoms(tmp_path: Path, nnunet_env: dict[str, str
     assert all(s["step_seconds"] > 0 and s["peak_memory_gib"] > 0 and s["predict_seconds_per_volume"] > 0
                for s in speed.values())
     report = (out / "benchmark.md").read_text()
-    assert all(ARMS[a] in report for a in DEFAULT_ARMS) and "## 2 labelled patients" in report
+    assert all(ARMS[a] in report for a in ARMS_RUN) and "## 2 labelled patients" in report
     for png in ("dice.png", "curves.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG" and (out / png).stat().st_size > 10_000
     # a second call finds every run done: nothing is retrained, the numbers stay

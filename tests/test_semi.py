@@ -362,3 +362,20 @@ def test_an_unreadable_unlabelled_image_is_refused_by_name(semi_trainer, tmp_pat
     with pytest.raises(InputError, match="cannot read the unlabelled case notanimage.*notanimage_0000.nii.gz.*Remove it"):
         semi_trainer.preprocess_unlabelled(cases, folder)
     assert not (folder / "complete.json").exists()  # nothing marked done
+
+
+def test_the_training_step_learns_a_learnable_target(semi_trainer) -> None:
+    """A floor that a broken training step (no optimiser step, no gradient, a zero learning rate, a loss that ignores
+    the target) would miss: labels that are a function of the image are learned within 25 steps."""
+    trainer = semi_trainer
+    trainer.optimizer, trainer.lr_scheduler = trainer.configure_optimizers()
+    for group in trainer.optimizer.param_groups:
+        group["lr"] = 3e-3
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, *trainer.configuration_manager.patch_size)
+    with torch.no_grad():
+        shapes = [o.shape[2:] for o in trainer.plain_network()(x)]
+    label = (x > 0.5).float() + 2 * (x < -0.5).float()  # 0, 1 or 2 by the voxel's value
+    target = [torch.nn.functional.interpolate(label, size=tuple(s), mode="nearest") for s in shapes]
+    losses = [float(trainer.train_step({"data": x, "target": target})["loss"]) for _ in range(25)]
+    assert losses[-1] < 0.6 * losses[0], losses
