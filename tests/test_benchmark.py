@@ -384,4 +384,5 @@ def test_benchmark_command_on_phantoms(tmp_path: Path, nnunet_env: dict[str, str
     assert json.loads((tmp_path / "full" / "benchmark.json").read_text())["plans"] == {
         "stock": "nnUNetPlans", "resenc_m": "nnUNetResEncUNetMPlans", "xlstm": "nnUNetPlansXLSTMEncoder",
         "xlstm_no_mlstm": "nnUNetPlansXLSTMEncoder_no_mlstm", "xlstm_light": "nnUNetPlansXLSTMEncoder_light",
-        "xlstm_pretrained": "nnUNetPlansXLSTMEncoder", "xlstm_semi": "nnUNetPlansXLSTMEncoder", "xlstm_pretrained_semi": "nnUNetPlansXLSTMEncoder"}
+        "xlstm_pretrained": "nnUNetPlansXLSTMEncoder", "xlstm_pretrained_decoder": "nnUNetPlansXLSTMEncoder",
+        "xlstm_semi": "nnUNetPlansXLSTMEncoder", "xlstm_pretrained_semi": "nnUNetPlansXLSTMEncoder"}
