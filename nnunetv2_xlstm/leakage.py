@@ -77,6 +77,13 @@ def check_no_leak(plan: dict, cases: list[str], encoder: str | Path, role: str, 
                      f"them), or allow it on purpose with --transductive / {TRANSDUCTIVE_ENV}=1")
 
 
+def raw_test_cases(dataset_name: str) -> list[str]:
+    """The case ids of the raw data set's ``imagesTs`` (``$nnUNet_raw/<dataset>/imagesTs``), or none."""
+    raw = os.environ.get("nnUNet_raw")
+    folder = Path(raw or ".") / dataset_name / "imagesTs"
+    return [case_id(f) for f in folder.iterdir()] if raw and folder.is_dir() else []
+
+
 def split_group_pattern(preprocessed_folder: Path) -> str:
     """The patient pattern ``nnunetv2_xlstm_split`` recorded for a data set (``few_label_splits.json``), else ACDC's
     default: how a run groups cases into patients for its refusals."""

@@ -12,14 +12,13 @@ a patient the run validates or tests on.
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
 from nnunetv2_xlstm.atomic import atomic_write_text
 from nnunetv2_xlstm.checkpoints import file_sha256, load_encoder_into, load_exported_encoder
 from nnunetv2_xlstm.env import InputError
-from nnunetv2_xlstm.leakage import case_id, check_no_leak
+from nnunetv2_xlstm.leakage import check_no_leak, raw_test_cases
 from nnunetv2_xlstm.training.schedules import CPU, CPU_LONG, FINE_TUNING_WARMUP, GPU15MIN, SHORT, SMOKE
 from nnunetv2_xlstm.training.xlstm import nnUNetTrainerXLSTM
 
@@ -71,10 +70,8 @@ class nnUNetTrainerXLSTMPretrained(nnUNetTrainerXLSTM):
         test image of the raw data set (``imagesTs``); ``NNUNETV2_XLSTM_TRANSDUCTIVE=1`` allows it, logged
         (:mod:`nnunetv2_xlstm.leakage`)."""
         _, val_keys = self.do_split()
-        raw = os.environ.get("nnUNet_raw")
-        test_folder = Path(raw or ".") / self.plans_manager.dataset_name / "imagesTs"
-        test = [case_id(f) for f in test_folder.iterdir()] if raw and test_folder.is_dir() else []
-        note = check_no_leak(plan, [*val_keys, *test], path, "validation or test")
+        note = check_no_leak(plan, [*val_keys, *raw_test_cases(self.plans_manager.dataset_name)], path,
+                             "validation or test")
         if note:
             self.print_to_log_file(f"WARNING: {note}")
 

@@ -60,7 +60,7 @@ from nnunetv2_xlstm.atomic import atomic_write_text
 from nnunetv2_xlstm.checkpoints import load_nnunet_checkpoint
 from nnunetv2_xlstm.ema import ema_update
 from nnunetv2_xlstm.env import InputError
-from nnunetv2_xlstm.leakage import case_id, patients_of, split_group_pattern
+from nnunetv2_xlstm.leakage import patients_of, raw_test_cases, split_group_pattern
 from nnunetv2_xlstm.training.copy_paste import box_mask, mix, mixed_targets, pseudo_labels
 from nnunetv2_xlstm.training.pretrained import nnUNetTrainerXLSTMPretrained
 from nnunetv2_xlstm.training.schedules import CPU, CPU_LONG, GPU15MIN, SMOKE
@@ -224,9 +224,7 @@ class SemiSupervision:
         cases = unlabelled_image_files(source, self.dataset_json["file_ending"], len(self.dataset_json["channel_names"]))
         pattern = split_group_pattern(Path(self.preprocessed_dataset_folder_base))
         labelled, development = self.do_split()
-        raw = os.environ.get("nnUNet_raw")
-        tests = Path(raw or ".") / self.plans_manager.dataset_name / "imagesTs"
-        test = [case_id(f) for f in tests.iterdir()] if raw and tests.is_dir() else []
+        test = raw_test_cases(self.plans_manager.dataset_name)
         mine = patients_of(list(cases), pattern)
         for kind, keys in (("labelled", labelled), ("development (validation)", development), ("test", test)):
             clash = sorted(mine & patients_of(list(keys), pattern))
