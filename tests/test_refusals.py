@@ -7,6 +7,7 @@ console warning where the input is legal but suspicious. Planted payloads would 
 from __future__ import annotations
 
 import pickle
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from nnunetv2_xlstm.check import check_entry
+from nnunetv2_xlstm.check import check_entry, predict_entry
 from nnunetv2_xlstm.demo.phantoms import phantoms_entry
 from nnunetv2_xlstm.env import InputError
 from nnunetv2_xlstm.evaluation import LabelSpec, evaluate_folder
@@ -158,6 +159,37 @@ def test_check_command_refuses_a_planted_checkpoint(tmp_path: Path, capsys: pyte
     out = capsys.readouterr().out
     assert f"REFUSED  {planted}" in out and f"safe  {folder / 'checkpoint_best.pth'}" in out
     assert not marker.exists()
+
+
+def test_predict_refuses_truncated_and_planted_checkpoints_before_nnunet(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import nnunetv2.inference.predict_from_raw_data as stock
+    import nnunetv2.utilities.file_path_utilities as paths
+
+    monkeypatch.setattr(paths, "nnUNet_results", str(tmp_path))
+    monkeypatch.setattr(sys, "argv", ["pytest"])  # predict_entry hands nnU-Net its arguments through sys.argv
+    monkeypatch.setattr(stock, "predict_entry_point", lambda: pytest.fail("nnUNetv2_predict reached"))
+    fold0 = tmp_path / "Dataset999_X" / "nnUNetTrainerXLSTM__nnUNetPlansXLSTM__3d_fullres" / "fold_0"
+    fold0.mkdir(parents=True)
+    good = {"network_weights": {"w": torch.zeros(1000)}, "logging": {"x": [np.float64(1.0)]}}
+    torch.save(good, fold0 / "checkpoint_final.pth")
+    argv = ["-i", "in", "-o", "out", "-d", "Dataset999_X", "-c", "3d_fullres", "-tr", "nnUNetTrainerXLSTM",
+            "-p", "nnUNetPlansXLSTM"]
+    with pytest.raises(SystemExit, match=r"fold_1/checkpoint_final.pth does not exist: train that fold"):
+        predict_entry(argv)  # nnU-Net's default folds 0-4
+    data = (fold0 / "checkpoint_final.pth").read_bytes()
+    (fold0 / "checkpoint_final.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(SystemExit, match=r"error: .*fold_0/checkpoint_final.pth is not a readable checkpoint"):
+        predict_entry([*argv, "-f", "0"])
+    planted, marker = plant(fold0)
+    with pytest.raises(SystemExit, match=r"fold_0/checkpoint_final.pth is not a readable checkpoint"):
+        predict_entry([*argv, "-f", "0"])
+    assert not marker.exists()
+    torch.save(good, fold0 / "checkpoint_final.pth")
+    reached = []
+    monkeypatch.setattr(stock, "predict_entry_point", lambda: reached.append(list(sys.argv)))
+    predict_entry([*argv, "-f", "0"])  # a safe checkpoint: nnU-Net's own prediction with the same arguments
+    assert reached == [["nnUNetv2_predict", *argv, "-f", "0"]]
 
 
 def test_an_export_that_does_not_fit_its_own_architecture_is_refused_before_planning(

@@ -161,7 +161,7 @@ def _pm(entry: dict) -> str:
 
 def _twin_table(result: dict, budget: str, structures: list[str]) -> list[str]:
     """The paired differences of the arms in :data:`TWINS` to their twins: per structure the mean [95 % bootstrap
-    interval] over cases x seeds, and the sd over seeds of the per-seed mean difference."""
+    interval] over patients (their cases and seeds together), and the sd over seeds of the per-seed mean difference."""
     entries = {arm: e["vs_twin"] for arm, e in result.get("summary", {}).get(budget, {}).items() if "vs_twin" in e}
     if not entries:
         return []

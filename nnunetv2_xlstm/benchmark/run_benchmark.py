@@ -10,8 +10,9 @@ out in every fold) -> planning and preprocessing for the preset (see ``nnunetv2_
 ``nnUNetv2_predict`` -> ``benchmark.json`` (every number), ``benchmark.md``, ``dice.png`` and ``curves.png``.
 
 Seeds (``--seeds``) repeat every run on the same split; the report gives mean ± sd over seeds and each arm's paired
-difference to stock nnU-Net with a 95 % bootstrap interval over cases x seeds; arms that change one thing of
-another (pretrained, semi-supervised) are also paired with that arm, with the sd over seeds of the difference.
+difference to stock nnU-Net with a 95 % bootstrap interval over patients (a patient's frames and seeds together);
+arms that change one thing of another (pretrained, semi-supervised) are also paired with that arm, with the sd over
+seeds of the difference.
 ``--minutes`` (or a preset's own budget, e.g. ``cpu-long``) trains every arm for the same training time instead of
 the same iterations; ``--iterations`` trains every arm for the same number of iterations, with no time budget (on a
 shared machine, wall-clock noise moves the iterations an equal-time run reaches). The report gives the iterations and
