@@ -20,7 +20,8 @@ from nnunetv2_xlstm.benchmark.arms import (
 from nnunetv2_xlstm.benchmark.presets import PRESETS, scaled_spacing
 from nnunetv2_xlstm.benchmark.report import (bootstrap_ci, clustered_bootstrap_ci, paired_difference, curve_from_checkpoint, markdown_report, speed_from_curve,
                                               summarise)
-from nnunetv2_xlstm.benchmark.run_benchmark import check_iterations, check_minutes, check_seeds, results_folder
+from nnunetv2_xlstm.benchmark.run_benchmark import (check_iterations, check_minutes, check_seeds, check_variants,
+                                                    results_folder, variant_env, variant_folder)
 from nnunetv2_xlstm.demo.phantoms import PhantomGeometry, write_phantom_dataset
 from nnunetv2_xlstm.env import InputError
 from nnunetv2_xlstm.splits import few_label_splits
@@ -271,6 +272,23 @@ def test_seeds_and_minutes_are_checked_and_kept_apart(tmp_path: Path) -> None:
         check_iterations(500, 20.0)
     with pytest.raises(InputError, match=">= 1"):
         check_iterations(0, None)
+
+
+def test_setting_variants_change_only_their_arms_and_folders(tmp_path: Path) -> None:
+    variants = check_variants("encoder_lr=0.3, warmup=0.2", "class_quantile=none")
+    assert variants == {"NNUNETV2_XLSTM_FINETUNE": "encoder_lr=0.3,warmup=0.2",
+                        "NNUNETV2_XLSTM_SEMI": "class_quantile=none"}
+    assert variant_env("xlstm", variants) == {} and variant_folder(tmp_path, "xlstm", variants) == tmp_path  # twin shared
+    assert variant_env("xlstm_pretrained", variants) == {"NNUNETV2_XLSTM_FINETUNE": "encoder_lr=0.3,warmup=0.2"}
+    assert variant_env("xlstm_semi", variants) == {"NNUNETV2_XLSTM_SEMI": "class_quantile=none"}
+    assert len(variant_env("xlstm_pretrained_semi", variants)) == 2
+    folders = {variant_folder(tmp_path, a, variants) for a in ("xlstm_pretrained", "xlstm_semi", "xlstm_pretrained_semi")}
+    assert len(folders) == 3 and all(f.parent == tmp_path and f.name.startswith("variant_") for f in folders)
+    assert variant_folder(tmp_path, "xlstm_pretrained", check_variants("encoder_lr=0.5", None)) not in folders
+    for finetune, semi, message in (("lr=1", None, "unknown setting 'lr'"), ("encoder_lr=x", None, "is not a float"),
+                                    (None, "class_quantile=2", r"must lie in \[0, 1\]")):
+        with pytest.raises(InputError, match=message):
+            check_variants(finetune, semi)
 
 
 def test_iteration_matched_trainer_has_whole_epochs_and_no_time_budget(monkeypatch: pytest.MonkeyPatch) -> None:

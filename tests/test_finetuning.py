@@ -247,6 +247,34 @@ def test_scratch_baseline_matches_but_does_not_load(encoder_plans: tuple[Path, P
     assert all(torch.equal(pretrained.plain_network().state_dict()[k], v) for k, v in weights.items())
 
 
+def test_finetuning_protocol_from_the_environment(encoder_plans: tuple[Path, Path], nnunet_env: dict[str, str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    dataset, _ = encoder_plans
+    monkeypatch.setenv(pretrained_trainers.FINETUNE_ENV, "warmup=0, encoder_lr=0.5, layer_decay=0.5")
+    trainer = _trainer(pretrained_trainers.nnUNetTrainerXLSTMPretrained_smoke, dataset, nnunet_env)
+    assert trainer.warmup_epochs == 0 and (trainer.encoder_lr_factor, trainer.layer_decay) == (0.5, 0.5)
+    assert "NNUNETV2_XLSTM_FINETUNE=" in Path(trainer.log_file).read_text()
+    net = trainer.plain_network()
+    groups = trainer.optimizer.param_groups
+    n = len(net.encoder.stages)
+    assert [g["lr_scale"] for g in groups if g["name"] == "encoder"] == [0.5 * 0.5 ** (n - 1 - s) for s in range(n)]
+    assert {id(p) for g in groups for p in g["params"]} == {id(p) for p in net.parameters()}  # each once
+    assert sum(len(g["params"]) for g in groups) == len(list(net.parameters()))
+    assert any(p is q for q in groups[0]["params"] for p in net.encoder.stem.parameters())  # stem with stage 0
+    trainer.current_epoch = 1
+    trainer.on_train_epoch_start()  # nnU-Net steps the scheduler here: bottleneck 0.5x, stem 0.5 ** n x the decoder's
+    decoder_lr = groups[-1]["lr"]
+    assert decoder_lr > 0 and groups[n - 1]["lr"] == pytest.approx(0.5 * decoder_lr)
+    assert groups[0]["lr"] == pytest.approx(0.5 ** n * decoder_lr)
+    scratch_twin = _trainer(xlstm_trainers.nnUNetTrainerXLSTMScratch_smoke, dataset, nnunet_env)
+    assert scratch_twin.warmup_epochs == 1 and scratch_twin.encoder_lr_factor == 1  # the baseline keeps its protocol
+    for bad, message in (("encoder_lr=-1", "must be a number >= 0"), ("warmup=1", "must be below 1"),
+                         ("lr=3", "unknown setting 'lr'"), ("layer_decay=nan", "is not a float")):
+        monkeypatch.setenv(pretrained_trainers.FINETUNE_ENV, bad)
+        with pytest.raises(InputError, match=message):
+            _trainer(pretrained_trainers.nnUNetTrainerXLSTMPretrained_smoke, dataset, nnunet_env)
+
+
 def test_changed_encoder_file_is_refused(encoder_plans: tuple[Path, Path], nnunet_env: dict[str, str]) -> None:
     dataset, _ = encoder_plans
     trainer = _trainer(pretrained_trainers.nnUNetTrainerXLSTMPretrained_smoke, dataset, nnunet_env)

@@ -46,6 +46,7 @@ DEFAULT_ARMS = ("stock", "resenc_m", "xlstm", "xlstm_pretrained", "xlstm_no_mlst
 # arms with plans of their own; the others use xlstm's
 DERIVED = ("stock", "resenc_m", "xlstm", "xlstm_no_mlstm", "xlstm_light")
 PRETRAINED = ("xlstm_pretrained", "xlstm_pretrained_decoder", "xlstm_pretrained_semi")  # arms that need an encoder
+SEMI = ("xlstm_semi", "xlstm_pretrained_semi")
 CONFIG = "3d_fullres"
 PLAIN_CONV_UNET = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
 RESIDUAL_ENCODER_UNET = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"

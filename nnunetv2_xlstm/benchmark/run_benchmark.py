@@ -18,6 +18,11 @@ the same iterations; ``--iterations`` trains every arm for the same number of it
 shared machine, wall-clock noise moves the iterations an equal-time run reaches). The report gives the iterations and
 the time of every run either way.
 
+``--finetune SETTINGS`` runs the pretrained arms with another fine-tuning protocol (``NNUNETV2_XLSTM_FINETUNE``,
+e.g. ``encoder_lr=0.3,warmup=0.2``) and ``--semi SETTINGS`` the semi-supervised arms with other settings
+(``NNUNETV2_XLSTM_SEMI``); their runs get folders of their own, while the other arms' runs (the scratch twin) are
+shared with every benchmark of the same preset, seeds and budget, and reused rather than repeated.
+
 Nothing is lost on a crash: the JSON is rewritten after every run, and a second call with the same arguments skips
 finished runs and continues interrupted ones from nnU-Net's latest checkpoint (``--c``, after checking that the
 checkpoint holds no arbitrary objects).
@@ -29,6 +34,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -36,7 +42,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from nnunetv2_xlstm.atomic import atomic_write_text
-from nnunetv2_xlstm.benchmark.arms import ARMS, CONFIG, DEFAULT_ARMS, PRETRAINED, plan_arms, planned_arms
+from nnunetv2_xlstm.benchmark.arms import ARMS, CONFIG, DEFAULT_ARMS, PRETRAINED, SEMI, plan_arms, planned_arms
 from nnunetv2_xlstm.benchmark.presets import PRESETS, Preset, get_preset
 from nnunetv2_xlstm.benchmark.report import (curve_from_checkpoint, markdown_report, plot_curves, plot_dice,
                                               speed_from_curve, summarise)
@@ -47,9 +53,14 @@ from nnunetv2_xlstm.env import InputError, error_line, ext_trainer_value, requir
 from nnunetv2_xlstm.evaluation import LabelSpec, evaluate_folder, parse_spec
 from nnunetv2_xlstm.leakage import TRANSDUCTIVE_ENV, case_id, check_no_leak
 from nnunetv2_xlstm.splits import DEFAULT_GROUP_PATTERN, write_few_label_splits
+from nnunetv2_xlstm.training.pretrained import FINETUNE_ENV, nnUNetTrainerXLSTMPretrained
 from nnunetv2_xlstm.training.scheduled import ITERATIONS_ENV, MINUTES_ENV, SEED_ENV
+from nnunetv2_xlstm.training.semi import SEMI_ENV
+from nnunetv2_xlstm.training.semi import parse_settings as parse_semi_settings
+from nnunetv2_xlstm.training.settings import parse_settings
 
 RESULT_FORMAT = 2  # runs[budget][arm][seed]
+VARIANT_ARMS = {FINETUNE_ENV: PRETRAINED, SEMI_ENV: SEMI}  # the arms that each setting variable changes
 
 
 def check_seeds(seeds: list[int]) -> list[int]:
@@ -72,6 +83,29 @@ def check_iterations(iterations: int | None, minutes: float | None) -> int | Non
     return iterations
 
 
+def check_variants(finetune: str | None, semi: str | None) -> dict[str, str]:
+    """``{setting variable: settings}`` of ``--finetune`` / ``--semi``, checked now rather than in the first run."""
+    variants = {}
+    if finetune:
+        parse_settings(finetune, {n: k for n, (_, k) in nnUNetTrainerXLSTMPretrained.settings.items()}, FINETUNE_ENV)
+        variants[FINETUNE_ENV] = finetune.replace(" ", "")
+    if semi:
+        parse_semi_settings(semi)
+        variants[SEMI_ENV] = semi.replace(" ", "")
+    return variants
+
+
+def variant_env(arm: str, variants: dict[str, str]) -> dict[str, str]:
+    """The setting variables that apply to ``arm``."""
+    return {var: settings for var, settings in sorted(variants.items()) if arm in VARIANT_ARMS[var]}
+
+
+def variant_folder(folder: Path, arm: str, variants: dict[str, str]) -> Path:
+    """``folder``, or a subfolder ``variant_<settings>`` where settings change ``arm``."""
+    tags = list(variant_env(arm, variants).values())
+    return folder / ("variant_" + re.sub(r"[^A-Za-z0-9.=]+", "_", "_".join(tags))) if tags else folder
+
+
 def results_folder(results: Path, seed: int, minutes: float | None, preset: Preset,
                    iterations: int | None = None) -> Path:
     """Where nnU-Net keeps one seed's runs: ``nnUNet_results`` itself for seed 0 at the preset's own budget, else a
@@ -89,7 +123,8 @@ def run_benchmark(dataset_id: int, preset: Preset, output: Path, budgets: list[s
                   device: str = "cpu", group_pattern: str = DEFAULT_GROUP_PATTERN, overwrite_splits: bool = False,
                   test_folder: Path | None = None, test_spec: LabelSpec | None = None, timing_cases: int = 2,
                   plan_only: bool = False, seeds: list[int] = (0,), minutes: float | None = None,
-                  transductive: bool = False, iterations: int | None = None) -> dict:
+                  transductive: bool = False, iterations: int | None = None, finetune: str | None = None,
+                  semi: str | None = None) -> dict:
     """Run (or continue) the benchmark; return the result that ``output/benchmark.json`` holds.
 
     Budgets are patient counts or shares (nested seeded draws), or come from ``train_patients`` (one fixed list per
@@ -97,12 +132,13 @@ def run_benchmark(dataset_id: int, preset: Preset, output: Path, budgets: list[s
     ``test_spec`` (default: the data set's labels). ``plan_only``: stop after splits and plans (then several
     processes, e.g. one per GPU, can train their ``arms`` on them). ``seeds`` repeat every run; ``minutes`` (default:
     the preset's) is each run's training-time budget, ``iterations`` instead its number of iterations (no time
-    budget). Needs the ``nnUNet_*`` variables. Every input is checked
-    before anything is written.
+    budget). ``finetune`` / ``semi``: settings of the pretrained / semi-supervised arms (module docstring). Needs the
+    ``nnUNet_*`` variables. Every input is checked before anything is written.
     """
     require_env("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
     seeds, minutes = check_seeds(list(seeds)), check_minutes(minutes)
     iterations = check_iterations(iterations, minutes)
+    variants = check_variants(finetune, semi)
     if minutes is None and iterations is None:
         minutes = preset.minutes
     output = Path(output).resolve()
@@ -132,13 +168,14 @@ def run_benchmark(dataset_id: int, preset: Preset, output: Path, budgets: list[s
     result_file = output / "benchmark.json"
     result = json.loads(result_file.read_text()) if result_file.is_file() else {}
     identity = lambda r: (r.get("dataset"), r.get("preset", {}).get("name"), r.get("minutes"), r.get("iterations"),
-                          r.get("format"))
-    if result and identity(result) != (raw.name, preset.name, minutes, iterations, RESULT_FORMAT):
+                          r.get("format"), r.get("variants", {}))
+    if result and identity(result) != (raw.name, preset.name, minutes, iterations, RESULT_FORMAT, variants):
         raise InputError(f"{result_file} is a benchmark of {result.get('dataset')} with preset "
                          f"{result.get('preset', {}).get('name')}, {result.get('minutes')} minutes or "
-                         f"{result.get('iterations')} iterations per run (result format {result.get('format')}); "
-                         f"choose another --output to benchmark {raw.name} with preset {preset.name} and "
-                         f"{minutes} minutes or {iterations} iterations")
+                         f"{result.get('iterations')} iterations per run, settings {result.get('variants', {})} "
+                         f"(result format {result.get('format')}); choose another --output to benchmark {raw.name} "
+                         f"with preset {preset.name}, {minutes} minutes or {iterations} iterations and settings "
+                         f"{variants}")
     output.mkdir(parents=True, exist_ok=True)
     if not os.access(output, os.W_OK):
         raise InputError(f"--output {output} is not writable")
@@ -161,7 +198,7 @@ def run_benchmark(dataset_id: int, preset: Preset, output: Path, budgets: list[s
     if plans is None:
         plans, result["planning_warnings"] = plan_arms(dataset_id, preset, encoder)
     result.update({
-        "format": RESULT_FORMAT, "minutes": minutes, "iterations": iterations, "seeds": sorted(set(result.get("seeds", [])) | set(seeds)),
+        "format": RESULT_FORMAT, "minutes": minutes, "iterations": iterations, "variants": variants, "seeds": sorted(set(result.get("seeds", [])) | set(seeds)),
         "dataset": raw.name, "preset": {"name": preset.name, "purpose": preset.purpose, "changes": preset.changes()},
         "machine": machine_description(device), "device": device, "structures": list(structures),
         "budgets": {b: t for b, t in zip(budget_names, summary["train_patients"])},
@@ -188,12 +225,13 @@ def run_benchmark(dataset_id: int, preset: Preset, output: Path, budgets: list[s
         run = runs.setdefault(budget, {}).setdefault(arm, {}).setdefault(str(seed), {})
         if run.get("status") == "done":  # finished by an earlier call with these arguments
             continue
-        run.update(label=ARMS[arm], fold=fold, trainer=preset.trainer(arm), plans=plans[arm], seed=seed,
+        settings = variant_env(arm, variants)
+        run.update(label=ARMS[arm] + "".join(f" ({s})" for s in settings.values()), fold=fold,
+                   trainer=preset.trainer(arm), plans=plans[arm], seed=seed, settings=settings,
                    iterations_per_epoch=preset.schedule.iterations if preset.schedule else 250)
-        run_env = {**env, SEED_ENV: str(seed),
-                   "nnUNet_results": str(results_folder(results_root, seed, minutes, preset, iterations))}
-        run_env.pop(MINUTES_ENV, None)
-        run_env.pop(ITERATIONS_ENV, None)
+        folder = variant_folder(results_folder(results_root, seed, minutes, preset, iterations), arm, variants)
+        run_env = {**{k: v for k, v in env.items() if k not in (MINUTES_ENV, ITERATIONS_ENV, *VARIANT_ARMS)},
+                   SEED_ENV: str(seed), "nnUNet_results": str(folder), **settings}
         if minutes is not None:
             run_env[MINUTES_ENV] = f"{minutes:g}"
         if iterations is not None:
@@ -392,6 +430,11 @@ def benchmark_entry(argv: list[str] | None = None) -> None:
     p.add_argument("--timing_cases", type=int, default=2, help="development images predicted for timing (2)")
     p.add_argument("--overwrite_splits", action="store_true", help="replace an existing, different splits_final.json")
     p.add_argument("--plan_only", action="store_true", help="write splits and plans, train nothing")
+    p.add_argument("--finetune", default=None, metavar="SETTINGS",
+                   help="fine-tuning protocol of the pretrained arms, e.g. encoder_lr=0.3,warmup=0.2,layer_decay=0.8 "
+                        "(NNUNETV2_XLSTM_FINETUNE)")
+    p.add_argument("--semi", default=None, metavar="SETTINGS",
+                   help="settings of the semi-supervised arms, e.g. class_quantile=none (NNUNETV2_XLSTM_SEMI)")
     p.add_argument("--transductive", action="store_true",
                    help="allow an encoder pretrained on images of the development or test patients (reported)")
     p.add_argument("--output", type=Path, default=None, help="report folder (default ./benchmark_<id>_<preset>)")
@@ -406,7 +449,7 @@ def benchmark_entry(argv: list[str] | None = None) -> None:
                       a.train_patients, a.val_patients, a.val_budget, a.seed, a.pretrained_encoder, a.arms,
                       a.device or ("cuda" if torch.cuda.is_available() else "cpu"), a.group_pattern,
                       a.overwrite_splits, a.test_folder, test_spec, a.timing_cases, a.plan_only, a.seeds, a.minutes,
-                      a.transductive, a.iterations)
+                      a.transductive, a.iterations, a.finetune, a.semi)
     except (InputError, OSError) as e:
         sys.exit(f"nnunetv2_xlstm_benchmark: error: {error_line(e)}")
     failed = [f"{arm}, {budget} patients, seed {seed}" for budget, arms in result.get("runs", {}).items()

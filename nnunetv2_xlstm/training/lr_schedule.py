@@ -14,7 +14,9 @@ class WarmupPolyLR(_LRScheduler):
     - ``e < warmup``: lr ``initial_lr * (e + 1) / warmup``; param groups named ``"encoder"`` get ``encoder_factor``
       times that (0: frozen);
     - afterwards: nnU-Net's poly decay over the remaining epochs, ``initial_lr * (1 - (e - warmup) / (max - warmup))
-      ** 0.9``, for every group.
+      ** 0.9``, for every group;
+    - throughout, a group's ``lr_scale`` (default 1) multiplies its lr: a lower lr for pretrained parts, or a
+      layer-wise decay over the encoder's stages.
 
     With ``warmup=0`` it is nnU-Net's ``PolyLRScheduler``. With ``progress`` (a callable returning a possibly
     fractional epoch, e.g. the spent share of a time budget times ``max_epochs``) that epoch replaces nnU-Net's.
@@ -44,5 +46,5 @@ class WarmupPolyLR(_LRScheduler):
             current_step = self.progress()
         encoder_lr, lr = self.lrs(current_step)
         for group in self.optimizer.param_groups:
-            group["lr"] = encoder_lr if group.get("name") == "encoder" else lr
+            group["lr"] = (encoder_lr if group.get("name") == "encoder" else lr) * group.get("lr_scale", 1.0)
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]

@@ -7,6 +7,11 @@ a patient the run validates or tests on.
 ``nnUNetTrainerXLSTMPretrainedDecoder``   the same, loading the pretrained decoder too
 ``*_short`` / ``*_smoke`` / ``*_cpu`` / ``*_gpu15min`` / ``*_cpulong``   the schedules of :mod:`.schedules`
 ========================================  ======================================================================
+
+``NNUNETV2_XLSTM_FINETUNE="name=value,..."`` sets the fine-tuning protocol for one run: ``warmup`` (share of the
+training with the lr warm-up, 0.1), ``warmup_encoder_lr`` (the encoder's lr factor during it, 0: frozen),
+``encoder_lr`` (the pretrained encoder's lr factor afterwards, 1) and ``layer_decay`` (a further factor per encoder
+stage below the bottleneck, 1: none).
 """
 
 from __future__ import annotations
@@ -30,11 +35,17 @@ __all__ = ["nnUNetTrainerXLSTMPretrained", "nnUNetTrainerXLSTMPretrainedDecoder"
            "nnUNetTrainerXLSTMPretrained_smoke"]
 
 
+FINETUNE_ENV = "NNUNETV2_XLSTM_FINETUNE"  # "name=value,...": the fine-tuning protocol of one run (module docstring)
+
+
 class nnUNetTrainerXLSTMPretrained(nnUNetTrainerXLSTM):
     """Fine-tuning: the plans' encoder, frozen while the lr warms up over the first 10 % of the epochs."""
 
     load_decoder: bool = False  # also load the decoder exported with the encoder (all but the segmentation heads)
     warmup_fraction = FINE_TUNING_WARMUP
+    settings_variable = FINETUNE_ENV
+    settings = {"warmup": ("warmup_fraction", float), "warmup_encoder_lr": ("encoder_warmup_lr_factor", float),
+                "encoder_lr": ("encoder_lr_factor", float), "layer_decay": ("layer_decay", float)}
 
     def on_train_start(self) -> None:
         if not self.was_initialized:

@@ -23,6 +23,7 @@ from nnunetv2_xlstm.precision import autocast_forward, bf16_decision
 from nnunetv2_xlstm.training.lr_schedule import WarmupPolyLR
 from nnunetv2_xlstm.training.refusals import check_pretrained_weights_argument, install_refusal_hook
 from nnunetv2_xlstm.training.schedules import Schedule
+from nnunetv2_xlstm.training.settings import parse_settings
 
 __all__ = ["ITERATIONS_ENV", "MINUTES_ENV", "SEED_ENV", "ScheduledTrainer", "training_budget"]
 
@@ -90,6 +91,11 @@ class ScheduledTrainer(nnUNetTrainer):
     schedule: Schedule | None = None
     warmup_fraction: float = 0.0  # share of the epochs with a linear lr warm-up ...
     encoder_warmup_lr_factor: float = 0.0  # ... during which the encoder's lr is this times the others' (0: frozen)
+    encoder_lr_factor: float = 1.0  # the encoder's lr is this times the decoder's throughout ...
+    layer_decay: float = 1.0  # ... and encoder stage s of n this times more again per stage below the bottleneck:
+    # encoder_lr_factor * layer_decay ** (n - 1 - s), the stem with stage 0 (layer-wise lr decay, as in BEiT)
+    settings_variable: str | None = None  # an environment variable overriding :data:`settings` for one run ...
+    settings: dict[str, tuple[str, type]] = {}  # ... {name in the variable: (attribute, type)}
     bf16: str = "auto"  # "auto", "on" or "off"; NNUNETV2_XLSTM_BF16 overrides it
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -106,6 +112,7 @@ class ScheduledTrainer(nnUNetTrainer):
             random.seed(self.seed)
             np.random.seed(self.seed)
             torch.manual_seed(self.seed)
+        self.apply_settings()
         if self.schedule is not None:
             self.num_epochs, self.num_iterations_per_epoch = self.schedule.epochs, self.schedule.iterations
             self.num_val_iterations_per_epoch, self.initial_lr = self.schedule.val_iterations, self.schedule.lr
@@ -116,6 +123,20 @@ class ScheduledTrainer(nnUNetTrainer):
         if self.time_budget is not None:
             self.save_every = min(self.save_every, 5)
         self.logger.local_logger.my_fantastic_logging["peak_memory_gib"] = []
+
+    def apply_settings(self) -> None:
+        """Override the class's :data:`settings` from :data:`settings_variable` (``"name=value,..."``), logged."""
+        text = os.environ.get(self.settings_variable, "") if self.settings_variable else ""
+        kinds = {name: kind for name, (_, kind) in self.settings.items()}
+        for name, value in parse_settings(text, kinds, self.settings_variable or "", ()).items():
+            if value is None or value < 0:
+                raise InputError(f"{self.settings_variable}: {name}={value} must be a number >= 0")
+            setattr(self, self.settings[name][0], value)
+        if not self.warmup_fraction < 1:
+            raise InputError(f"{self.settings_variable}: the warm-up share {self.warmup_fraction} must be below 1")
+        if text.strip():
+            self.print_to_log_file(f"{self.settings_variable}={text}: " + ", ".join(
+                f"{attribute} {getattr(self, attribute)}" for attribute, _ in self.settings.values()))
 
     @classmethod
     def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
@@ -247,10 +268,9 @@ class ScheduledTrainer(nnUNetTrainer):
 
     def configure_optimizers(self) -> tuple[torch.optim.Optimizer, WarmupPolyLR]:
         net = self.plain_network()
-        encoder = list(net.encoder.parameters())
-        ids = {id(p) for p in encoder}
-        groups = [{"params": encoder, "name": "encoder"},
-                  {"params": [p for p in net.parameters() if id(p) not in ids], "name": "decoder"}]
+        groups = [*self.encoder_groups(net.encoder), {"params": [], "name": "decoder"}]
+        ids = {id(p) for g in groups for p in g["params"]}
+        groups[-1]["params"] = [p for p in net.parameters() if id(p) not in ids]
         if self.schedule is None or self.schedule.optimizer == "sgd":
             optimizer = torch.optim.SGD(groups, self.initial_lr, weight_decay=self.weight_decay, momentum=0.99,
                                         nesterov=True)
@@ -259,6 +279,19 @@ class ScheduledTrainer(nnUNetTrainer):
         return optimizer, WarmupPolyLR(optimizer, self.initial_lr, self.num_epochs, self.warmup_epochs,
                                        self.encoder_warmup_lr_factor,
                                        progress=None if self.time_budget is None else self.schedule_epoch)
+
+    def encoder_groups(self, encoder: nn.Module) -> list[dict]:
+        """The encoder's parameter groups (named ``encoder``): one, or one per stage (the stem with stage 0) with
+        ``lr_scale = encoder_lr_factor * layer_decay ** (n - 1 - s)`` where :data:`layer_decay` is not 1."""
+        stages = getattr(encoder, "stages", None)
+        if self.layer_decay == 1 or stages is None:
+            return [{"params": list(encoder.parameters()), "name": "encoder", "lr_scale": self.encoder_lr_factor}]
+        n = len(stages)
+        groups = [{"params": list(stage.parameters()), "name": "encoder",
+                   "lr_scale": self.encoder_lr_factor * self.layer_decay ** (n - 1 - s)} for s, stage in enumerate(stages)]
+        ids = {id(p) for g in groups for p in g["params"]}
+        groups[0]["params"] += [p for p in encoder.parameters() if id(p) not in ids]  # the stem
+        return groups
 
     def on_train_epoch_start(self) -> None:
         """Freeze the encoder during the warm-up (a zero lr factor), release it afterwards. Under DDP the encoder keeps

@@ -64,6 +64,7 @@ from nnunetv2_xlstm.leakage import patients_of, raw_test_cases, split_group_patt
 from nnunetv2_xlstm.training.copy_paste import box_mask, mix, mixed_targets, pseudo_labels
 from nnunetv2_xlstm.training.pretrained import nnUNetTrainerXLSTMPretrained
 from nnunetv2_xlstm.training.schedules import CPU, CPU_LONG, GPU15MIN, SMOKE
+from nnunetv2_xlstm.training.settings import parse_settings as parse
 from nnunetv2_xlstm.training.xlstm import nnUNetTrainerXLSTMScratch
 
 UNLABELLED_ENV = "NNUNETV2_XLSTM_UNLABELLED"  # a list file (one image path per line) or a folder of images
@@ -120,31 +121,9 @@ SETTINGS = {"ema_momentum": float, "warm_start_iterations": int, "warm_start_dic
 
 
 def parse_settings(text: str) -> dict:
-    """``"name=value,..."`` -> ``{name: value}`` typed as :data:`SETTINGS`; ``none`` gives None. :class:`InputError`
-    naming the setting otherwise."""
-    out = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        name, _, value = item.partition("=")
-        name, value = name.strip(), value.strip()
-        if name not in SETTINGS:
-            raise InputError(f"{SEMI_ENV}: unknown setting {name!r}; the settings are {', '.join(SETTINGS)}")
-        kind = SETTINGS[name]
-        try:
-            if value.lower() == "none":
-                out[name] = None
-            elif kind is bool:
-                if value.lower() not in ("0", "1", "true", "false"):
-                    raise ValueError
-                out[name] = value.lower() in ("1", "true")
-            else:
-                out[name] = kind(value)
-        except ValueError:
-            raise InputError(f"{SEMI_ENV}: {name}={value!r} is not a {kind.__name__}") from None
-    for name in ("warm_start_fraction", "box_fraction", "pseudo_label_confidence", "class_quantile",
-                 "unlabelled_rampup", "ema_momentum"):
-        if out.get(name) is not None and not 0 <= out[name] <= 1:
-            raise InputError(f"{SEMI_ENV}: {name}={out[name]} must lie in [0, 1]")
-    return out
+    """``"name=value,..."`` -> ``{name: value}`` typed as :data:`SETTINGS` (:func:`.settings.parse_settings`)."""
+    return parse(text, SETTINGS, SEMI_ENV, ("warm_start_fraction", "box_fraction", "pseudo_label_confidence",
+                                            "class_quantile", "unlabelled_rampup", "ema_momentum"))
 
 
 def sigmoid_rampup(progress: float, length: float) -> float:
