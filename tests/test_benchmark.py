@@ -21,7 +21,8 @@ from nnunetv2_xlstm.benchmark.presets import PRESETS, scaled_spacing
 from nnunetv2_xlstm.benchmark.report import (bootstrap_ci, clustered_bootstrap_ci, paired_difference, curve_from_checkpoint, markdown_report, speed_from_curve,
                                               summarise)
 from nnunetv2_xlstm.benchmark.run_benchmark import (check_iterations, check_minutes, check_seeds, check_variants,
-                                                    results_folder, variant_env, variant_folder)
+                                                    job_list, parse_budget_seeds, results_folder, variant_env,
+                                                    variant_folder)
 from nnunetv2_xlstm.demo.phantoms import PhantomGeometry, write_phantom_dataset
 from nnunetv2_xlstm.env import InputError
 from nnunetv2_xlstm.splits import few_label_splits
@@ -289,6 +290,17 @@ def test_setting_variants_change_only_their_arms_and_folders(tmp_path: Path) -> 
                                     (None, "class_quantile=2", r"must lie in \[0, 1\]")):
         with pytest.raises(InputError, match=message):
             check_variants(finetune, semi)
+
+
+def test_budget_seeds_run_some_budgets_with_fewer_seeds() -> None:
+    seeds_of = {"3": [0, 1, 2], **parse_budget_seeds(["7=0"])}
+    assert job_list(seeds_of, ["xlstm", "stock"]) == [
+        (0, 0, "3", "xlstm"), (0, 0, "3", "stock"), (0, 1, "7", "xlstm"), (0, 1, "7", "stock"),
+        (1, 0, "3", "xlstm"), (1, 0, "3", "stock"), (2, 0, "3", "xlstm"), (2, 0, "3", "stock")]  # seed-major
+    assert parse_budget_seeds(["16=0,2"]) == {"16": [0, 2]}
+    for bad in ("7", "7=a", "7=0,0", "7=-1"):
+        with pytest.raises(InputError, match="BUDGET=SEED"):
+            parse_budget_seeds([bad])
 
 
 def test_iteration_matched_trainer_has_whole_epochs_and_no_time_budget(monkeypatch: pytest.MonkeyPatch) -> None:

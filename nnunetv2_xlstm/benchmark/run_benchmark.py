@@ -69,6 +69,26 @@ def check_seeds(seeds: list[int]) -> list[int]:
     return list(seeds)
 
 
+def parse_budget_seeds(items: list[str]) -> dict[str, list[int]]:
+    """``["7=0", "16=0,1"]`` -> ``{"7": [0], "16": [0, 1]}``: the seeds of a budget, instead of ``--seeds``."""
+    out = {}
+    for item in items:
+        budget, _, seeds = item.partition("=")
+        try:
+            out[budget.strip()] = check_seeds([int(x) for x in seeds.split(",")])
+        except (ValueError, InputError):
+            raise InputError(f"--budget_seeds {item}: give BUDGET=SEED[,SEED...], e.g. 7=0 (the 7-patient budget, "
+                             f"seed 0 only)") from None
+    return out
+
+
+def job_list(seeds_of: dict[str, list[int]], arms: list[str]) -> list[tuple[int, int, str, str]]:
+    """``(seed, fold, budget, arm)`` of every run, seed-major: every arm and budget gets its first seed before any
+    gets its second. ``seeds_of``: ``{budget: seeds}``, the budgets in fold order."""
+    return [(seed, fold, budget, arm) for seed in sorted(set().union(*seeds_of.values()))
+            for fold, budget in enumerate(seeds_of) if seed in seeds_of[budget] for arm in arms]
+
+
 def check_minutes(minutes: float | None) -> float | None:
     if minutes is not None and not minutes > 0:
         raise InputError(f"--minutes {minutes}: give a training time > 0 per run, e.g. --minutes 20")
@@ -124,13 +144,14 @@ def run_benchmark(dataset_id: int, preset: Preset, output: Path, budgets: list[s
                   test_folder: Path | None = None, test_spec: LabelSpec | None = None, timing_cases: int = 2,
                   plan_only: bool = False, seeds: list[int] = (0,), minutes: float | None = None,
                   transductive: bool = False, iterations: int | None = None, finetune: str | None = None,
-                  semi: str | None = None) -> dict:
+                  semi: str | None = None, budget_seeds: dict[str, list[int]] | None = None) -> dict:
     """Run (or continue) the benchmark; return the result that ``output/benchmark.json`` holds.
 
     Budgets are patient counts or shares (nested seeded draws), or come from ``train_patients`` (one fixed list per
     budget). ``test_folder`` (default: the raw data set's, if it has ``imagesTs`` and ``labelsTs``) is scored with
     ``test_spec`` (default: the data set's labels). ``plan_only``: stop after splits and plans (then several
-    processes, e.g. one per GPU, can train their ``arms`` on them). ``seeds`` repeat every run; ``minutes`` (default:
+    processes, e.g. one per GPU, can train their ``arms`` on them). ``seeds`` repeat every run (``budget_seeds``:
+    ``{budget: seeds}`` instead, for some budgets); ``minutes`` (default:
     the preset's) is each run's training-time budget, ``iterations`` instead its number of iterations (no time
     budget). ``finetune`` / ``semi``: settings of the pretrained / semi-supervised arms (module docstring). Needs the
     ``nnUNet_*`` variables. Every input is checked before anything is written.
@@ -139,6 +160,11 @@ def run_benchmark(dataset_id: int, preset: Preset, output: Path, budgets: list[s
     seeds, minutes = check_seeds(list(seeds)), check_minutes(minutes)
     iterations = check_iterations(iterations, minutes)
     variants = check_variants(finetune, semi)
+    budget_seeds = budget_seeds or {}
+    given = [str(len(t)) for t in train_patients or []]
+    if train_patients is not None and set(budget_seeds) - set(given):
+        raise InputError(f"--budget_seeds names budget(s) {sorted(set(budget_seeds) - set(given))}; the budgets are "
+                         f"{', '.join(given)} labelled patients")
     if minutes is None and iterations is None:
         minutes = preset.minutes
     output = Path(output).resolve()
@@ -194,11 +220,16 @@ def run_benchmark(dataset_id: int, preset: Preset, output: Path, budgets: list[s
         if transductive:  # the trainers check the encoder against their fold too
             env[TRANSDUCTIVE_ENV] = "1"
     budget_names = [str(len(t)) for t in summary["train_patients"]]
+    if set(budget_seeds) - set(budget_names):
+        raise InputError(f"--budget_seeds names budget(s) {sorted(set(budget_seeds) - set(budget_names))}; the "
+                         f"budgets are {', '.join(budget_names)} labelled patients")
+    seeds_of = {b: budget_seeds.get(b, seeds) for b in budget_names}
     plans = planned_arms(dataset_id, preset, encoder)
     if plans is None:
         plans, result["planning_warnings"] = plan_arms(dataset_id, preset, encoder)
     result.update({
-        "format": RESULT_FORMAT, "minutes": minutes, "iterations": iterations, "variants": variants, "seeds": sorted(set(result.get("seeds", [])) | set(seeds)),
+        "format": RESULT_FORMAT, "minutes": minutes, "iterations": iterations, "variants": variants,
+        "seeds": sorted(set(result.get("seeds", [])).union(*seeds_of.values())),
         "dataset": raw.name, "preset": {"name": preset.name, "purpose": preset.purpose, "changes": preset.changes()},
         "machine": machine_description(device), "device": device, "structures": list(structures),
         "budgets": {b: t for b, t in zip(budget_names, summary["train_patients"])},
@@ -216,8 +247,7 @@ def run_benchmark(dataset_id: int, preset: Preset, output: Path, budgets: list[s
         return result
     runs = result.setdefault("runs", {})
     gt = splits.parent / "gt_segmentations"
-    # seed-major: every arm and budget gets its first seed before any gets its second
-    jobs = [(seed, fold, budget, arm) for seed in seeds for fold, budget in enumerate(budget_names) for arm in arms]
+    jobs = job_list(seeds_of, arms)
     bar = tqdm(jobs, desc="benchmark", unit="run", file=sys.stdout)
     results_root = Path(os.environ["nnUNet_results"])
     for seed, fold, budget, arm in bar:
@@ -410,6 +440,8 @@ def benchmark_entry(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the few-label draw (--budgets)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0],
                    help="training seeds: every run is repeated once per seed on the same split (default: 0)")
+    p.add_argument("--budget_seeds", nargs="+", default=[], metavar="BUDGET=SEEDS",
+                   help="seeds of one budget instead of --seeds, e.g. 7=0 (the 7-patient budget with seed 0 only)")
     p.add_argument("--minutes", type=float, default=None,
                    help="training time per run, for an equal-time comparison (default: the preset's; cpu-long: "
                         "20); the preset's epochs become a cap")
@@ -445,11 +477,12 @@ def benchmark_entry(argv: list[str] | None = None) -> None:
 
     try:
         test_spec = parse_spec(a.test_structures, a.test_remap, a.test_ignore) if a.test_structures else None
+        budget_seeds = parse_budget_seeds(a.budget_seeds)
         result = run_benchmark(a.d, get_preset(a.preset), a.output or Path(f"benchmark_{a.d}_{a.preset}"), a.budgets,
                       a.train_patients, a.val_patients, a.val_budget, a.seed, a.pretrained_encoder, a.arms,
                       a.device or ("cuda" if torch.cuda.is_available() else "cpu"), a.group_pattern,
                       a.overwrite_splits, a.test_folder, test_spec, a.timing_cases, a.plan_only, a.seeds, a.minutes,
-                      a.transductive, a.iterations, a.finetune, a.semi)
+                      a.transductive, a.iterations, a.finetune, a.semi, budget_seeds)
     except (InputError, OSError) as e:
         sys.exit(f"nnunetv2_xlstm_benchmark: error: {error_line(e)}")
     failed = [f"{arm}, {budget} patients, seed {seed}" for budget, arms in result.get("runs", {}).items()

@@ -288,7 +288,8 @@ class ScheduledTrainer(nnUNetTrainer):
             return [{"params": list(encoder.parameters()), "name": "encoder", "lr_scale": self.encoder_lr_factor}]
         n = len(stages)
         groups = [{"params": list(stage.parameters()), "name": "encoder",
-                   "lr_scale": self.encoder_lr_factor * self.layer_decay ** (n - 1 - s)} for s, stage in enumerate(stages)]
+                   "lr_scale": self.encoder_lr_factor * self.layer_decay ** (n - 1 - s)}
+                  for s, stage in enumerate(stages)]
         ids = {id(p) for g in groups for p in g["params"]}
         groups[0]["params"] += [p for p in encoder.parameters() if id(p) not in ids]  # the stem
         return groups
