@@ -152,7 +152,7 @@ def pretrain_masked(config: PretrainConfig, output: Path, resume: bool, progress
                              f"or set collapse_stop=false to go on")
         if rank == 0 and T.due(done, config.save_every, config):
             save(done)
-        T.probe_step(probe, config, done, lambda: teacher.export_weights(False), plan, output)
+        T.probe_step(probe, config, done, lambda: teacher.export_weights(config.export_decoder), plan, output)
     bar.close()
 
     if rank == 0:

@@ -181,7 +181,8 @@ def start_probe(config: PretrainConfig, plan: dict, output: Path, device: torch.
 
 
 def probe_step(probe, config: PretrainConfig, done: int, encoder, plan: dict, output: Path) -> None:
-    """Probe the teacher's encoder weights (``encoder()``) every ``probe.every`` steps and at the last one."""
+    """Probe the teacher's export weights (``encoder()``; with the decoder where the export carries one) every
+    ``probe.every`` steps and at the last one."""
     if probe is not None and (done % config.probe.every == 0 or done == config.steps):
         save_exported_encoder(output / "probe_encoder.pt", encoder(), plan)
         dice = probe(done, output / "probe_encoder.pt")
