@@ -20,7 +20,7 @@ from nnunetv2_xlstm.benchmark.arms import (
 from nnunetv2_xlstm.benchmark.presets import PRESETS, scaled_spacing
 from nnunetv2_xlstm.benchmark.report import (bootstrap_ci, clustered_bootstrap_ci, paired_difference, curve_from_checkpoint, markdown_report, speed_from_curve,
                                               summarise)
-from nnunetv2_xlstm.benchmark.run_benchmark import (check_iterations, check_minutes, check_seeds, check_variants,
+from nnunetv2_xlstm.benchmark.run_benchmark import (check_budget_seeds, check_iterations, check_minutes, check_seeds, check_variants,
                                                     job_list, parse_budget_seeds, results_folder, variant_env,
                                                     variant_folder)
 from nnunetv2_xlstm.demo.phantoms import PhantomGeometry, write_phantom_dataset
@@ -287,6 +287,8 @@ def test_setting_variants_change_only_their_arms_and_folders(tmp_path: Path) -> 
     assert len(folders) == 3 and all(f.parent == tmp_path and f.name.startswith("variant_") for f in folders)
     assert variant_folder(tmp_path, "xlstm_pretrained", check_variants("encoder_lr=0.5", None)) not in folders
     for finetune, semi, message in (("lr=1", None, "unknown setting 'lr'"), ("encoder_lr=x", None, "is not a float"),
+                                    ("encoder_lr=-1", None, "must be a number >= 0"),  # as the trainer would refuse
+                                    ("warmup=1", None, "warm-up share 1.0 must be below 1"),
                                     (None, "class_quantile=2", r"must lie in \[0, 1\]")):
         with pytest.raises(InputError, match=message):
             check_variants(finetune, semi)
@@ -298,6 +300,9 @@ def test_budget_seeds_run_some_budgets_with_fewer_seeds() -> None:
         (0, 0, "3", "xlstm"), (0, 0, "3", "stock"), (0, 1, "7", "xlstm"), (0, 1, "7", "stock"),
         (1, 0, "3", "xlstm"), (1, 0, "3", "stock"), (2, 0, "3", "xlstm"), (2, 0, "3", "stock")]  # seed-major
     assert parse_budget_seeds(["16=0,2"]) == {"16": [0, 2]}
+    check_budget_seeds({"7": [0]}, ["3", "7"])
+    with pytest.raises(InputError, match=r"--budget_seeds names budget\(s\) \['8'\]; the budgets are 3, 7"):
+        check_budget_seeds({"8": [0]}, ["3", "7"])
     for bad in ("7", "7=a", "7=0,0", "7=-1"):
         with pytest.raises(InputError, match="BUDGET=SEED"):
             parse_budget_seeds([bad])
@@ -357,6 +362,7 @@ def test_benchmark_command_on_phantoms(tmp_path: Path, nnunet_env: dict[str, str
             assert run["iterations"] == 8 and all(e["peak_memory_gib"] > 0 for e in run["curve"])
     assert set(result["summary"]["1"]["xlstm"]["vs_stock"]["mean"]) == {"mean", "low", "high", "pairs", "patients",
                                                                         "seeds", "per_seed", "seed_sd"}
+    assert result["summary"]["1"]["xlstm"]["vs_twin"]["arm"] == "xlstm_no_mlstm"  # what the mLSTM is worth
     assert result["encoder_leakage"] is None and result["val_patients"] == development
     # one preprocessing; the arms' plans differ in the network only; the XLSTMUNet arms are shaped like the encoder
     pre = Path(nnunet_env["nnUNet_preprocessed"]) / dataset.name
@@ -388,6 +394,12 @@ def test_benchmark_command_on_phantoms(tmp_path: Path, nnunet_env: dict[str, str
     assert second.returncode == 0, second.stderr[-3000:]
     again = json.loads((out / "benchmark.json").read_text())
     assert again["runs"] == result["runs"] and "nnUNetv2_train" not in second.stdout
+    # the report command rebuilds the same summary from the file alone (as for files from several machines)
+    merged = subprocess.run([str(bin_ / "nnunetv2_xlstm_benchmark_report"), str(out / "benchmark.json"), "--output",
+                             str(tmp_path / "merged")], capture_output=True, text=True)
+    assert merged.returncode == 0, merged.stderr[-3000:]
+    rebuilt = json.loads((tmp_path / "merged" / "benchmark.json").read_text())["summary"]
+    assert json.dumps(rebuilt, sort_keys=True) == json.dumps(again["summary"], sort_keys=True)  # NaN-safe
     # another process (e.g. on another GPU) reuses the splits, plans and preprocessed data
     planned = subprocess.run(command[:-4] + ["--output", str(tmp_path / "other"), "--plan_only"], env=nnunet_env,
                              capture_output=True, text=True)
@@ -416,3 +428,75 @@ def test_benchmark_command_on_phantoms(tmp_path: Path, nnunet_env: dict[str, str
         "xlstm_no_mlstm": "nnUNetPlansXLSTMEncoder_no_mlstm", "xlstm_light": "nnUNetPlansXLSTMEncoder_light",
         "xlstm_pretrained": "nnUNetPlansXLSTMEncoder", "xlstm_pretrained_decoder": "nnUNetPlansXLSTMEncoder",
         "xlstm_semi": "nnUNetPlansXLSTMEncoder", "xlstm_pretrained_semi": "nnUNetPlansXLSTMEncoder"}
+
+
+def _result(runs: dict, machine: str = "m1", **fields) -> dict:
+    return {"dataset": "Dataset801_ACDC", "format": 2, "minutes": 20, "iterations": None, "structures": ["RV"],
+            "val_patients": ["patient002", "patient019"], "group_pattern": r"^(.*?)(?:_frame\d+)?$",
+            "preset": {"name": "cpu-long", "purpose": "p", "changes": ["c"]}, "budgets": {"3": ["patient099"]},
+            "seeds": sorted({int(s) for arms in runs.values() for seeds in arms.values() for s in seeds}),
+            "machine": machine, "evaluated_on": "e", "command": f"bench on {machine}", "runs": runs, **fields}
+
+
+def _frames(values: list[float]) -> dict:
+    """A run scored on two patients with two frames each."""
+    run = _run({"RV": values})
+    run["per_case"] = {f"patient{p}_frame0{f}": c for (p, f), c in
+                       zip([("002", 1), ("002", 2), ("019", 1), ("019", 2)], run["per_case"].values())}
+    return run
+
+
+def test_benchmark_report_merges_runs_from_several_files(tmp_path: Path) -> None:
+    from nnunetv2_xlstm.benchmark.merge import merge_results, report_entry
+
+    a = _result({"3": {"xlstm": {"0": _frames([0.5, 0.5, 0.7, 0.7]), "1": _frames([0.6, 0.6, 0.6, 0.6])},
+                       "xlstm_semi": {"0": {"status": "failed: killed"}}}})
+    b = _result({"3": {"xlstm_no_mlstm": {"0": _frames([0.4, 0.4, 0.7, 0.7]), "1": _frames([0.4, 0.4, 0.6, 0.6])},
+                       "xlstm_semi": {"0": _frames([0.6, 0.6, 0.8, 0.8])},
+                       "xlstm": {"1": _frames([0.6, 0.6, 0.6, 0.6])}}}, machine="m2")
+    files = [tmp_path / "a.json", tmp_path / "b.json"]
+    for f, r in zip(files, (a, b)):
+        f.write_text(json.dumps(r))
+    merged = merge_results(files)
+    runs = merged["runs"]["3"]
+    assert set(runs["xlstm"]) == {"0", "1"} and runs["xlstm_semi"]["0"]["status"] == "done"  # done beats failed
+    assert merged["machine"] == "m1; m2" and merged["command"] == ["bench on m1", "bench on m2"]
+    summary = merged["summary"]["3"]
+    # XLSTMUNet − without mLSTM: patient002 +0.1 (seed 0) and +0.2 (seed 1), patient019 0 and 0: each patient's frames
+    # and seeds resampled together, so the interval runs from patient019's 0 to patient002's +0.15
+    mlstm = summary["xlstm"]["vs_twin"]
+    assert mlstm["arm"] == "xlstm_no_mlstm" and mlstm["mean"]["patients"] == 2 and mlstm["mean"]["pairs"] == 8
+    assert mlstm["mean"]["mean"] == pytest.approx(0.075)
+    assert (mlstm["mean"]["low"], mlstm["mean"]["high"]) == (pytest.approx(0.0), pytest.approx(0.15))
+    assert summary["xlstm_semi"]["vs_twin"]["mean"]["mean"] == pytest.approx(0.1)  # seed 0 only
+    assert merge_results(files[:1])["summary"]["3"]["xlstm"].get("vs_twin") is None  # the twin came from b
+
+    out = tmp_path / "merged"
+    report_entry([str(f) for f in files] + ["--output", str(out)])
+    written = json.loads((out / "benchmark.json").read_text())
+    assert written["merged_from"] == [str(f) for f in files] and (out / "dice.png").stat().st_size > 0
+    assert "| L − L | +0.075 [+0.000, +0.150] | **+0.075 [+0.000, +0.150]** | +0.050, +0.100 |" in \
+        (out / "benchmark.md").read_text()  # the mLSTM's paired difference, per seed: seed 0 +0.05, seed 1 +0.10
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"minutes": 10}, r"b.json and .*a.json measured different things \(minutes differ\)"),
+    ({"budgets": {"3": ["patient100"]}}, r"b.json: its 3-patient budget trains on other patients"),
+    ({"runs": {"3": {"xlstm": {"0": _frames([0.1, 0.1, 0.1, 0.1])}}}}, r"xlstm, 3 patients, seed 0 differs between"),
+    ({"runs": None}, r"b.json: holds no runs"),
+])
+def test_benchmark_report_refuses_results_that_do_not_belong_together(tmp_path: Path, change: dict,
+                                                                      message: str) -> None:
+    from nnunetv2_xlstm.benchmark.merge import merge_results
+
+    a = _result({"3": {"xlstm": {"0": _frames([0.5, 0.5, 0.7, 0.7])}}})
+    b = {**a, **change}
+    if b["runs"] is None:
+        del b["runs"]
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    with pytest.raises(InputError, match=message):
+        merge_results([tmp_path / "a.json", tmp_path / "b.json"])
+    (tmp_path / "b.json").write_text("{not json")
+    with pytest.raises(InputError, match=r"b.json: not a readable benchmark.json"):
+        merge_results([tmp_path / "a.json", tmp_path / "b.json"])

@@ -13,8 +13,10 @@ from nnunetv2_xlstm.checkpoints import load_nnunet_checkpoint
 from nnunetv2_xlstm.splits import DEFAULT_GROUP_PATTERN, group_patients
 
 STOCK = "stock"  # the arm every other arm's paired difference refers to
-# arms that change one thing of another arm, and that arm: their paired difference is reported as well
-TWINS = {"xlstm_pretrained": "xlstm", "xlstm_pretrained_decoder": "xlstm", "xlstm_semi": "xlstm", "xlstm_pretrained_semi": "xlstm_pretrained"}
+# arms that change one thing of another arm, and that arm: their paired difference is reported as well (XLSTMUNet
+# against the same network without its mLSTM blocks: what the mLSTM is worth)
+TWINS = {"xlstm_pretrained": "xlstm", "xlstm_pretrained_decoder": "xlstm", "xlstm_semi": "xlstm",
+         "xlstm_pretrained_semi": "xlstm_pretrained", "xlstm": "xlstm_no_mlstm"}
 
 
 def curve_from_checkpoint(folder: Path) -> list[dict]:

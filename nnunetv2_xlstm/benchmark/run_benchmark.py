@@ -57,7 +57,6 @@ from nnunetv2_xlstm.training.pretrained import FINETUNE_ENV, nnUNetTrainerXLSTMP
 from nnunetv2_xlstm.training.scheduled import ITERATIONS_ENV, MINUTES_ENV, SEED_ENV
 from nnunetv2_xlstm.training.semi import SEMI_ENV
 from nnunetv2_xlstm.training.semi import parse_settings as parse_semi_settings
-from nnunetv2_xlstm.training.settings import parse_settings
 
 RESULT_FORMAT = 2  # runs[budget][arm][seed]
 VARIANT_ARMS = {FINETUNE_ENV: PRETRAINED, SEMI_ENV: SEMI}  # the arms that each setting variable changes
@@ -80,6 +79,14 @@ def parse_budget_seeds(items: list[str]) -> dict[str, list[int]]:
             raise InputError(f"--budget_seeds {item}: give BUDGET=SEED[,SEED...], e.g. 7=0 (the 7-patient budget, "
                              f"seed 0 only)") from None
     return out
+
+
+def check_budget_seeds(budget_seeds: dict[str, list[int]], budgets: list[str]) -> None:
+    """Refuse ``--budget_seeds`` for a budget the benchmark does not have."""
+    unknown = sorted(set(budget_seeds) - set(budgets))
+    if unknown:
+        raise InputError(f"--budget_seeds names budget(s) {unknown}; the budgets are {', '.join(budgets)} labelled "
+                         f"patients")
 
 
 def job_list(seeds_of: dict[str, list[int]], arms: list[str]) -> list[tuple[int, int, str, str]]:
@@ -107,7 +114,7 @@ def check_variants(finetune: str | None, semi: str | None) -> dict[str, str]:
     """``{setting variable: settings}`` of ``--finetune`` / ``--semi``, checked now rather than in the first run."""
     variants = {}
     if finetune:
-        parse_settings(finetune, {n: k for n, (_, k) in nnUNetTrainerXLSTMPretrained.settings.items()}, FINETUNE_ENV)
+        nnUNetTrainerXLSTMPretrained.checked_settings(finetune)
         variants[FINETUNE_ENV] = finetune.replace(" ", "")
     if semi:
         parse_semi_settings(semi)
@@ -161,10 +168,8 @@ def run_benchmark(dataset_id: int, preset: Preset, output: Path, budgets: list[s
     iterations = check_iterations(iterations, minutes)
     variants = check_variants(finetune, semi)
     budget_seeds = budget_seeds or {}
-    given = [str(len(t)) for t in train_patients or []]
-    if train_patients is not None and set(budget_seeds) - set(given):
-        raise InputError(f"--budget_seeds names budget(s) {sorted(set(budget_seeds) - set(given))}; the budgets are "
-                         f"{', '.join(given)} labelled patients")
+    if train_patients is not None:
+        check_budget_seeds(budget_seeds, [str(len(t)) for t in train_patients])
     if minutes is None and iterations is None:
         minutes = preset.minutes
     output = Path(output).resolve()
@@ -220,9 +225,7 @@ def run_benchmark(dataset_id: int, preset: Preset, output: Path, budgets: list[s
         if transductive:  # the trainers check the encoder against their fold too
             env[TRANSDUCTIVE_ENV] = "1"
     budget_names = [str(len(t)) for t in summary["train_patients"]]
-    if set(budget_seeds) - set(budget_names):
-        raise InputError(f"--budget_seeds names budget(s) {sorted(set(budget_seeds) - set(budget_names))}; the "
-                         f"budgets are {', '.join(budget_names)} labelled patients")
+    check_budget_seeds(budget_seeds, budget_names)
     seeds_of = {b: budget_seeds.get(b, seeds) for b in budget_names}
     plans = planned_arms(dataset_id, preset, encoder)
     if plans is None:

@@ -124,16 +124,26 @@ class ScheduledTrainer(nnUNetTrainer):
             self.save_every = min(self.save_every, 5)
         self.logger.local_logger.my_fantastic_logging["peak_memory_gib"] = []
 
+    @classmethod
+    def checked_settings(cls, text: str) -> dict[str, float]:
+        """``{attribute: value}`` of the :data:`settings` that ``text`` (``"name=value,..."``) sets, each a number
+        >= 0 and the warm-up share below 1; :class:`InputError` naming :data:`settings_variable` otherwise."""
+        kinds = {name: kind for name, (_, kind) in cls.settings.items()}
+        out = {}
+        for name, value in parse_settings(text, kinds, cls.settings_variable or "", ()).items():
+            if value is None or value < 0:
+                raise InputError(f"{cls.settings_variable}: {name}={value} must be a number >= 0")
+            out[cls.settings[name][0]] = value
+        warmup = out.get("warmup_fraction", cls.warmup_fraction)
+        if not warmup < 1:
+            raise InputError(f"{cls.settings_variable}: the warm-up share {warmup} must be below 1")
+        return out
+
     def apply_settings(self) -> None:
         """Override the class's :data:`settings` from :data:`settings_variable` (``"name=value,..."``), logged."""
         text = os.environ.get(self.settings_variable, "") if self.settings_variable else ""
-        kinds = {name: kind for name, (_, kind) in self.settings.items()}
-        for name, value in parse_settings(text, kinds, self.settings_variable or "", ()).items():
-            if value is None or value < 0:
-                raise InputError(f"{self.settings_variable}: {name}={value} must be a number >= 0")
-            setattr(self, self.settings[name][0], value)
-        if not self.warmup_fraction < 1:
-            raise InputError(f"{self.settings_variable}: the warm-up share {self.warmup_fraction} must be below 1")
+        for attribute, value in self.checked_settings(text).items():
+            setattr(self, attribute, value)
         if text.strip():
             self.print_to_log_file(f"{self.settings_variable}={text}: " + ", ".join(
                 f"{attribute} {getattr(self, attribute)}" for attribute, _ in self.settings.values()))

@@ -1,0 +1,117 @@
+"""``nnunetv2_xlstm_benchmark_report``: one report from the ``benchmark.json`` files of several benchmark calls.
+
+    nnunetv2_xlstm_benchmark_report runs/a/benchmark.json runs/b/benchmark.json --output runs/merged
+
+Arms trained by separate processes (one per GPU after ``--plan_only``), on separate machines, or kept from an
+earlier machine (a ``benchmark.json`` is a few hundred kB and holds every score the report needs) become one table:
+the runs are pooled by budget, arm and seed, and the summary, paired patient-level intervals, Markdown and plots are
+computed anew. Files that measured different things (data set, preset, training budget, labelled or development
+patients) are refused, and so is one run that two files report differently.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from nnunetv2_xlstm.benchmark.report import markdown_report, summarise
+from nnunetv2_xlstm.env import InputError, error_line
+from nnunetv2_xlstm.splits import DEFAULT_GROUP_PATTERN
+
+# what two results must share to be one benchmark
+IDENTITY = ("dataset", "format", "minutes", "iterations", "structures", "val_patients", "group_pattern")
+
+
+def _identity(result: dict) -> dict:
+    return {**{k: result.get(k) for k in IDENTITY}, "preset": result.get("preset", {}).get("name")}
+
+
+def _same_run(a: dict, b: dict) -> bool:
+    keys = ("status", "settings", "plans", "trainer", "dice")
+    return all(a.get(k) == b.get(k) for k in keys)
+
+
+def _listed(value: str | list[str] | None, sep: str | None = None) -> list[str]:
+    """A field that one call writes as a string and a merge as a list (or, with ``sep``, joined by it)."""
+    if isinstance(value, list):
+        return value
+    return [v for v in (value.split(sep) if sep else [value]) if v] if value else []
+
+
+def merge_results(files: list[Path]) -> dict:
+    """The results of ``files`` as one: runs pooled by budget, arm and seed (the first file's fields otherwise, the
+    union of seeds, machines and commands), summary recomputed, speed per arm from the file with its fastest step."""
+    if not files:
+        raise InputError("give at least one benchmark.json")
+    results = []
+    for f in files:
+        try:
+            results.append((f, json.loads(Path(f).read_text())))
+        except (OSError, ValueError) as e:
+            raise InputError(f"{f}: not a readable benchmark.json ({error_line(e)}); give the file a benchmark "
+                             f"call wrote") from None
+        if "runs" not in results[-1][1]:
+            raise InputError(f"{f}: holds no runs (a --plan_only call?); give the benchmark.json of a call that "
+                             f"trained")
+    first_file, merged = results[0]
+    merged = json.loads(json.dumps(merged))  # a copy
+    budgets = merged.get("budgets", {})
+    source: dict[tuple[str, str, str], Path] = {(b, a, s): first_file for b, arms in merged["runs"].items()
+                                               for a, seeds in arms.items() for s in seeds}
+    machines, commands = _listed(merged.get("machine"), "; "), _listed(merged.get("command"))
+    for f, result in results[1:]:
+        if _identity(result) != _identity(merged):
+            differ = [k for k, v in _identity(result).items() if v != _identity(merged)[k]]
+            raise InputError(f"{f} and {first_file} measured different things ({', '.join(differ)} differ); merge "
+                             f"only benchmarks of one data set, preset, budget per run and development patients")
+        for budget, patients in result.get("budgets", {}).items():
+            if budgets.setdefault(budget, patients) != patients:
+                raise InputError(f"{f}: its {budget}-patient budget trains on other patients than {first_file}'s; "
+                                 f"merge only benchmarks of the same labelled patients")
+        for budget, arms in result["runs"].items():
+            for arm, seeds in arms.items():
+                for seed, run in seeds.items():
+                    mine = merged["runs"].setdefault(budget, {}).setdefault(arm, {}).get(seed)
+                    if mine is None or (mine.get("status") != "done" and run.get("status") == "done"):
+                        merged["runs"][budget][arm][seed] = run
+                        source[(budget, arm, seed)] = f
+                    elif run.get("status") == "done" and not _same_run(mine, run):
+                        raise InputError(f"{arm}, {budget} patients, seed {seed} differs between "
+                                         f"{source[(budget, arm, seed)]} and {f}; keep one of the two files")
+        merged["seeds"] = sorted(set(merged.get("seeds", [])) | set(result.get("seeds", [])))
+        merged["plans"] = {**result.get("plans", {}), **merged.get("plans", {})}
+        merged["trainers"] = {**result.get("trainers", {}), **merged.get("trainers", {})}
+        machines += _listed(result.get("machine"), "; ")
+        commands += _listed(result.get("command"))
+        for arm, entry in result.get("speed", {}).items():
+            kept = merged.setdefault("speed", {}).get(arm)
+            if kept is None or (entry.get("step_seconds") or float("inf")) < (kept.get("step_seconds") or float("inf")):
+                merged["speed"][arm] = entry
+    merged["machine"] = "; ".join(dict.fromkeys(machines))
+    merged["command"] = list(dict.fromkeys(commands))
+    merged["merged_from"] = [str(f) for f, _ in results]
+    merged["summary"] = summarise(merged["runs"], merged["structures"], merged.get("group_pattern") or DEFAULT_GROUP_PATTERN)
+    return merged
+
+
+def report_entry(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", nargs="+", type=Path, metavar="benchmark.json")
+    p.add_argument("--output", type=Path, required=True, help="folder for the merged benchmark.json, .md and plots")
+    a = p.parse_args(argv)
+    from nnunetv2_xlstm.benchmark.run_benchmark import save
+
+    try:
+        merged = merge_results(a.results)
+        a.output.mkdir(parents=True, exist_ok=True)
+        save(merged, a.output.resolve(), figures=True)
+    except (InputError, OSError) as e:
+        sys.exit(f"nnunetv2_xlstm_benchmark_report: error: {error_line(e)}")
+    print(markdown_report(merged))
+    print(f"wrote {a.output / 'benchmark.json'}, benchmark.md, dice.png, curves.png")
+
+
+if __name__ == "__main__":
+    report_entry()
