@@ -55,8 +55,7 @@ def merge_results(files: list[Path]) -> dict:
         if "runs" not in results[-1][1]:
             raise InputError(f"{f}: holds no runs (a --plan_only call?); give the benchmark.json of a call that "
                              f"trained")
-    first_file, merged = results[0]
-    merged = json.loads(json.dumps(merged))  # a copy
+    first_file, merged = results[0]  # read for this merge alone: extended in place
     budgets = merged.get("budgets", {})
     source: dict[tuple[str, str, str], Path] = {(b, a, s): first_file for b, arms in merged["runs"].items()
                                                for a, seeds in arms.items() for s in seeds}
