@@ -500,3 +500,70 @@ def test_benchmark_report_refuses_results_that_do_not_belong_together(tmp_path: 
     (tmp_path / "b.json").write_text("{not json")
     with pytest.raises(InputError, match=r"b.json: not a readable benchmark.json"):
         merge_results([tmp_path / "a.json", tmp_path / "b.json"])
+
+
+def _loo_fold(patient: str, stock: float, xlstm: float, iterations: int) -> dict:
+    """One leave-one-out fold: ``patient`` held out, one case each, scored RV by both arms (seed 0)."""
+    def run(value: float) -> dict:
+        r = _run({"RV": [value]}, iterations)
+        r["per_case"] = {patient: r["per_case"]["case0"]}
+        return r
+    return _result({"2": {"stock": {"0": run(stock)}, "xlstm": {"0": run(xlstm)}}}, val_patients=[patient],
+                   budgets={"2": sorted({"pat4", "pat5", "pat58"} - {patient})})
+
+
+def test_benchmark_report_joins_cross_validation_folds(tmp_path: Path) -> None:
+    from nnunetv2_xlstm.benchmark.merge import merge_results, report_entry
+
+    folds = [_loo_fold("pat4", 0.2, 0.5, 100), _loo_fold("pat5", 0.4, 0.4, 200), _loo_fold("pat58", 0.6, 0.9, 300)]
+    files = [tmp_path / f"fold{i}.json" for i in range(3)]
+    for f, r in zip(files, folds):
+        f.write_text(json.dumps(r))
+    with pytest.raises(InputError, match=r"measured different things \(val_patients differ\)"):
+        merge_results(files)  # without --folds, folds are different benchmarks
+    joined = merge_results(files, folds=True)
+    xlstm = joined["runs"]["2"]["xlstm"]["0"]
+    assert sorted(xlstm["per_case"]) == ["pat4", "pat5", "pat58"] and xlstm["iterations"] == 200
+    assert xlstm["dice"]["RV"] == pytest.approx(0.6) and joined["runs"]["2"]["stock"]["0"]["dice"]["mean"] == \
+        pytest.approx(0.4)
+    assert joined["val_patients"] == ["pat4", "pat5", "pat58"] and joined["budgets"]["2"] == ["pat4", "pat5", "pat58"]
+    assert [f["val_patients"] for f in joined["folds"]] == [["pat4"], ["pat5"], ["pat58"]]
+    # xlstm − stock per patient: +0.3, 0, +0.3; the interval over the 3 patients runs from 0 to +0.3
+    difference = joined["summary"]["2"]["xlstm"]["vs_stock"]["mean"]
+    assert difference["mean"] == pytest.approx(0.2) and difference["patients"] == 3
+    assert (difference["low"], difference["high"]) == (pytest.approx(0.0), pytest.approx(0.3))
+
+    folds[2]["runs"]["2"]["xlstm"]["0"] = {"status": "failed: killed"}  # a fold not finished: the run is not done
+    files[2].write_text(json.dumps(folds[2]))
+    assert joined["runs"]["2"]["xlstm"]["0"]["status"] == "done"
+    assert merge_results(files, folds=True)["runs"]["2"]["xlstm"]["0"]["status"] == f"not finished in {files[2]}"
+    files[2].write_text(json.dumps(folds[1]))  # the same patient held out twice
+    with pytest.raises(InputError, match=r"both hold out pat5"):
+        merge_results(files, folds=True)
+
+    files[2].write_text(json.dumps(_loo_fold("pat58", 0.6, 0.9, 300)))
+    report_entry(["--folds", *map(str, files), "--output", str(tmp_path / "loo")])
+    text = (tmp_path / "loo" / "benchmark.md").read_text()
+    assert "3 patients, each scored by the one of 3 cross-validation folds that held it out" in text
+
+
+def test_a_run_folder_of_another_split_is_refused_not_reused(tmp_path: Path) -> None:
+    from nnunetv2_xlstm.benchmark.run_benchmark import train_and_score
+
+    folder = tmp_path / "Dataset803_HVSMR" / "T__P__3d_fullres" / "fold_0"
+    folder.mkdir(parents=True)
+    (folder / "checkpoint_final.pth").write_bytes(b"a finished run of the first fold")
+    (folder / "benchmark_split.json").write_text(json.dumps({"train": ["pat5", "pat58"], "val": ["pat4"]}))
+    run = {"trainer": "T", "plans": "P", "fold": 0}
+    with pytest.raises(InputError, match=r"fold_0 holds a run trained on another split"):
+        train_and_score(run, 803, "Dataset803_HVSMR", "cpu", {"nnUNet_results": str(tmp_path)}, tmp_path / "log",
+                        validation=(tmp_path, ["pat5"], None, ".nii.gz"), test=None, predictions=tmp_path / "p",
+                        split={"train": ["pat4", "pat58"], "val": ["pat5"]})
+    assert "curve" not in run and not (tmp_path / "log").exists()  # nothing trained, scored or reused
+
+    fresh = tmp_path / "Dataset803_HVSMR" / "T__P__3d_fullres" / "fold_1"
+    with pytest.raises(Exception):  # a new folder records its split before training (which fails here: no data)
+        train_and_score({**run, "fold": 1}, 803, "Dataset803_HVSMR", "cpu", {"nnUNet_results": str(tmp_path),
+                        "PATH": ""}, tmp_path / "log", validation=(tmp_path, ["pat5"], None, ".nii.gz"), test=None,
+                        predictions=tmp_path / "p", split={"train": ["pat4", "pat58"], "val": ["pat5"]})
+    assert json.loads((fresh / "benchmark_split.json").read_text()) == {"train": ["pat4", "pat58"], "val": ["pat5"]}

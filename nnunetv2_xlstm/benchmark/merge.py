@@ -7,6 +7,13 @@ earlier machine (a ``benchmark.json`` is a few hundred kB and holds every score 
 the runs are pooled by budget, arm and seed, and the summary, paired patient-level intervals, Markdown and plots are
 computed anew. Files that measured different things (data set, preset, training budget, labelled or development
 patients) are refused, and so is one run that two files report differently.
+
+    nnunetv2_xlstm_benchmark_report --folds loo_a/benchmark.json loo_b/benchmark.json loo_c/benchmark.json --output loo
+
+With ``--folds`` each file is one fold of a cross-validation (e.g. leave-one-out on a data set too small to hold out
+a development set): the folds score disjoint patients, and the runs of one budget, arm and seed are joined into one
+run scored on every fold's held-out patients, each case by the model that did not train on it, as nnU-Net's own
+cross-validation summary does. Paired differences then pair every patient's case between arms.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from nnunetv2_xlstm.benchmark.report import markdown_report, summarise
 from nnunetv2_xlstm.env import InputError, error_line
@@ -40,9 +49,7 @@ def _listed(value: str | list[str] | None, sep: str | None = None) -> list[str]:
     return [v for v in (value.split(sep) if sep else [value]) if v] if value else []
 
 
-def merge_results(files: list[Path]) -> dict:
-    """The results of ``files`` as one: runs pooled by budget, arm and seed (the first file's fields otherwise, the
-    union of seeds, machines and commands), summary recomputed, speed per arm from the file with its fastest step."""
+def _read(files: list[Path]) -> list[tuple[Path, dict]]:
     if not files:
         raise InputError("give at least one benchmark.json")
     results = []
@@ -55,30 +62,33 @@ def merge_results(files: list[Path]) -> dict:
         if "runs" not in results[-1][1]:
             raise InputError(f"{f}: holds no runs (a --plan_only call?); give the benchmark.json of a call that "
                              f"trained")
-    first_file, merged = results[0]  # read for this merge alone: extended in place
-    budgets = merged.get("budgets", {})
-    source: dict[tuple[str, str, str], Path] = {(b, a, s): first_file for b, arms in merged["runs"].items()
-                                               for a, seeds in arms.items() for s in seeds}
-    machines, commands = _listed(merged.get("machine"), "; "), _listed(merged.get("command"))
-    for f, result in results[1:]:
-        if _identity(result) != _identity(merged):
-            differ = [k for k, v in _identity(result).items() if v != _identity(merged)[k]]
+    return results
+
+
+def _check_identity(results: list[tuple[Path, dict]], ignore: tuple[str, ...] = ()) -> None:
+    (first_file, first), *rest = results
+    mine = {k: v for k, v in _identity(first).items() if k not in ignore}
+    for f, result in rest:
+        theirs = {k: v for k, v in _identity(result).items() if k not in ignore}
+        if theirs != mine:
+            differ = [k for k, v in theirs.items() if v != mine[k]]
             raise InputError(f"{f} and {first_file} measured different things ({', '.join(differ)} differ); merge "
                              f"only benchmarks of one data set, preset, budget per run and development patients")
-        for budget, patients in result.get("budgets", {}).items():
-            if budgets.setdefault(budget, patients) != patients:
-                raise InputError(f"{f}: its {budget}-patient budget trains on other patients than {first_file}'s; "
-                                 f"merge only benchmarks of the same labelled patients")
-        for budget, arms in result["runs"].items():
-            for arm, seeds in arms.items():
-                for seed, run in seeds.items():
-                    mine = merged["runs"].setdefault(budget, {}).setdefault(arm, {}).get(seed)
-                    if mine is None or (mine.get("status") != "done" and run.get("status") == "done"):
-                        merged["runs"][budget][arm][seed] = run
-                        source[(budget, arm, seed)] = f
-                    elif run.get("status") == "done" and not _same_run(mine, run):
-                        raise InputError(f"{arm}, {budget} patients, seed {seed} differs between "
-                                         f"{source[(budget, arm, seed)]} and {f}; keep one of the two files")
+
+
+def merge_results(files: list[Path], folds: bool = False) -> dict:
+    """The results of ``files`` as one: runs pooled by budget, arm and seed (the first file's fields otherwise, the
+    union of seeds, machines and commands), summary recomputed, speed per arm from the file with its fastest step.
+    ``folds``: each file is one fold of a cross-validation (:func:`_join_folds`)."""
+    results = _read(files)
+    first_file, merged = results[0]  # read for this merge alone: extended in place
+    if folds:
+        _join_folds(results)
+    else:
+        _check_identity(results)
+        _pool_runs(results)
+    machines, commands = _listed(merged.get("machine"), "; "), _listed(merged.get("command"))
+    for f, result in results[1:]:
         merged["seeds"] = sorted(set(merged.get("seeds", [])) | set(result.get("seeds", [])))
         merged["plans"] = {**result.get("plans", {}), **merged.get("plans", {})}
         merged["trainers"] = {**result.get("trainers", {}), **merged.get("trainers", {})}
@@ -95,15 +105,86 @@ def merge_results(files: list[Path]) -> dict:
     return merged
 
 
+def _pool_runs(results: list[tuple[Path, dict]]) -> None:
+    """Add the later results' runs to the first's, refusing other labelled patients or a run reported twice
+    differently."""
+    first_file, merged = results[0]
+    budgets = merged.get("budgets", {})
+    source: dict[tuple[str, str, str], Path] = {(b, a, s): first_file for b, arms in merged["runs"].items()
+                                               for a, seeds in arms.items() for s in seeds}
+    for f, result in results[1:]:
+        for budget, patients in result.get("budgets", {}).items():
+            if budgets.setdefault(budget, patients) != patients:
+                raise InputError(f"{f}: its {budget}-patient budget trains on other patients than {first_file}'s; "
+                                 f"merge only benchmarks of the same labelled patients")
+        for budget, arms in result["runs"].items():
+            for arm, seeds in arms.items():
+                for seed, run in seeds.items():
+                    mine = merged["runs"].setdefault(budget, {}).setdefault(arm, {}).get(seed)
+                    if mine is None or (mine.get("status") != "done" and run.get("status") == "done"):
+                        merged["runs"][budget][arm][seed] = run
+                        source[(budget, arm, seed)] = f
+                    elif run.get("status") == "done" and not _same_run(mine, run):
+                        raise InputError(f"{arm}, {budget} patients, seed {seed} differs between "
+                                         f"{source[(budget, arm, seed)]} and {f}; keep one of the two files")
+
+
+def _join_folds(results: list[tuple[Path, dict]]) -> None:
+    """Make the first result the cross-validation of all: each file one fold, the folds' development patients
+    disjoint; a budget, arm and seed finished in every fold becomes one run scored on all their patients (Dice and
+    HD95 per structure the mean over all cases; iterations and wall time the mean over folds); one missing or
+    unfinished in a fold is reported as not finished."""
+    _check_identity(results, ignore=("val_patients",))
+    first_file, merged = results[0]
+    scored_by: dict[str, Path] = {}
+    for f, result in results:
+        for patient in result["val_patients"]:
+            if patient in scored_by:
+                raise InputError(f"{f} and {scored_by[patient]} both hold out {patient}: the folds of a "
+                                 f"cross-validation score disjoint patients; give each fold's benchmark.json once")
+            scored_by[patient] = f
+    keys = dict.fromkeys((b, a, s) for _, r in results for b, arms in r["runs"].items() for a, seeds in arms.items()
+                         for s in seeds)
+    runs: dict = {}
+    for budget, arm, seed in keys:
+        parts = [(f, r["runs"].get(budget, {}).get(arm, {}).get(seed) or {}) for f, r in results]
+        missing = [str(f) for f, run in parts if run.get("status") != "done"]
+        runs.setdefault(budget, {}).setdefault(arm, {})[seed] = (
+            {"status": f"not finished in {', '.join(missing)}", "label": parts[0][1].get("label", arm)} if missing
+            else _joined_run([run for _, run in parts], merged["structures"]))
+    merged["runs"] = runs
+    merged["folds"] = [{"file": str(f), "val_patients": r["val_patients"], "budgets": r.get("budgets", {})}
+                       for f, r in results]
+    merged["val_patients"] = list(scored_by)
+    merged["budgets"] = {b: sorted({p for _, r in results for p in r.get("budgets", {}).get(b, [])})
+                         for b in runs}
+    merged["evaluated_on"] = (f"{len(scored_by)} patients, each scored by the one of {len(results)} cross-validation "
+                              f"folds that held it out (nnU-Net's final validation, final checkpoint)")
+
+
+def _joined_run(runs: list[dict], structures: list[str]) -> dict:
+    per_case = {case: scores for run in runs for case, scores in run["per_case"].items()}
+    out = {**runs[0], "per_case": per_case, "fold": None,
+           "iterations": int(round(np.mean([r.get("iterations") or 0 for r in runs]))),
+           "wall_seconds": float(np.mean([r.get("wall_seconds", 0) for r in runs])),
+           "folds": [{k: r.get(k) for k in ("fold", "iterations", "wall_seconds", "dice")} for r in runs]}
+    for metric, key in (("dice", "Dice"), ("hd95", "HD95")):
+        values = {s: float(np.mean([c[s][key] for c in per_case.values()])) for s in structures}
+        out[metric] = {**values, "mean": float(np.mean(list(values.values())))}
+    return out
+
+
 def report_entry(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", nargs="+", type=Path, metavar="benchmark.json")
     p.add_argument("--output", type=Path, required=True, help="folder for the merged benchmark.json, .md and plots")
+    p.add_argument("--folds", action="store_true",
+                   help="each file is one fold of a cross-validation (disjoint development patients): join them")
     a = p.parse_args(argv)
     from nnunetv2_xlstm.benchmark.run_benchmark import save
 
     try:
-        merged = merge_results(a.results)
+        merged = merge_results(a.results, a.folds)
         a.output.mkdir(parents=True, exist_ok=True)
         save(merged, a.output.resolve(), figures=True)
     except (InputError, OSError) as e:

@@ -273,6 +273,7 @@ def run_benchmark(dataset_id: int, preset: Preset, output: Path, budgets: list[s
         try:
             train_and_score(run, dataset_id, raw.name, device, run_env, output / "logs" / f"{tag}.log",
                             validation=(gt, summary["folds"][fold]["val"], spec, dataset_json["file_ending"]),
+                            split={k: summary["folds"][fold][k] for k in ("train", "val")},
                             test=(test_folder, test_spec or spec) if test_folder is not None else None,
                             predictions=output / "predictions" / tag)
             run["status"] = "done"
@@ -295,12 +296,24 @@ def run_benchmark(dataset_id: int, preset: Preset, output: Path, budgets: list[s
 
 def train_and_score(run: dict, dataset_id: int, dataset_name: str, device: str, env: dict[str, str], log: Path,
                     validation: tuple[Path, list[str], LabelSpec, str], test: tuple[Path, LabelSpec] | None,
-                    predictions: Path) -> None:
+                    predictions: Path, split: dict[str, list[str]] | None = None) -> None:
     """Train ``run`` (its ``trainer``, ``plans``, ``fold``) with ``nnUNetv2_train``, continuing an interrupted
     attempt, and add its learning curve and scores on the development cases (``validation``: reference folder,
-    cases, spec, file ending) and, if given, on the test folder to ``run``."""
+    cases, spec, file ending) and, if given, on the test folder to ``run``. ``split`` (the fold's training and
+    validation cases) is recorded in the run folder, and a folder that recorded another split is refused rather
+    than reused: a fold index names different cases in every call with other patients (e.g. each fold of a
+    leave-one-out)."""
     folder = (Path(env["nnUNet_results"]) / dataset_name / f"{run['trainer']}__{run['plans']}__{CONFIG}"
               / f"fold_{run['fold']}")
+    if split is not None:
+        marker = folder / "benchmark_split.json"
+        if marker.is_file() and json.loads(marker.read_text()) != split:
+            raise InputError(f"{folder} holds a run trained on another split ({marker}); give this split its own "
+                             f"nnUNet_results folder (e.g. one per cross-validation fold), or delete the run to "
+                             f"retrain it")
+        folder.mkdir(parents=True, exist_ok=True)
+        if not marker.is_file():
+            atomic_write_text(marker, json.dumps(split))
     train = ["nnUNetv2_train", str(dataset_id), CONFIG, str(run["fold"]), "-tr", run["trainer"], "-p", run["plans"],
              "-device", device]
     if not (folder / "checkpoint_final.pth").is_file():
