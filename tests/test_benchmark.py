@@ -567,3 +567,27 @@ def test_a_run_folder_of_another_split_is_refused_not_reused(tmp_path: Path) -> 
                         "PATH": ""}, tmp_path / "log", validation=(tmp_path, ["pat5"], None, ".nii.gz"), test=None,
                         predictions=tmp_path / "p", split={"train": ["pat4", "pat58"], "val": ["pat5"]})
     assert json.loads((fresh / "benchmark_split.json").read_text()) == {"train": ["pat4", "pat58"], "val": ["pat5"]}
+
+
+@pytest.mark.parametrize("arms, panel_rows, lower_label", [
+    (("stock", "xlstm"), 2, "Δ Dice vs stock nnU-Net"),
+    (("xlstm", "xlstm_pretrained"), 2, "Δ Dice vs its twin"),  # no stock arm: the pretrained arm against scratch
+    (("xlstm_light",), 1, None),  # nothing to pair: the bars alone
+])
+def test_dice_plot_pairs_with_stock_else_with_twins(monkeypatch, tmp_path: Path, arms: tuple, panel_rows: int,
+                                                    lower_label: str | None) -> None:
+    from nnunetv2_xlstm.benchmark import report
+
+    runs = {"3": {arm: {"0": _frames([0.5 + 0.1 * i] * 4)} for i, arm in enumerate(arms)}}
+    result = _result(runs)
+    result["summary"] = summarise(runs, result["structures"], result["group_pattern"])
+    figures = []
+    monkeypatch.setattr(report, "_save", lambda fig, out: figures.append(fig))
+    report.plot_dice(result, tmp_path / "dice.png")
+    (fig,) = figures
+    assert len(fig.axes) == panel_rows
+    if lower_label:
+        lower = fig.axes[1]
+        assert lower.get_ylabel().startswith(lower_label)
+        (points,) = [line for line in lower.lines if line.get_marker() == "o"]
+        assert points.get_ydata()[-1] == pytest.approx(0.1)  # the second arm is 0.1 above the first everywhere

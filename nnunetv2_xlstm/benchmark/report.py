@@ -247,12 +247,15 @@ def markdown_report(result: dict) -> str:
 def plot_dice(result: dict, out: Path) -> None:
     """Two rows of panels, one column per budget: Dice per structure and arm (bars: mean over seeds, error bars:
     sd over seeds), and each arm's paired difference to stock nnU-Net (points, error bars: 95 % bootstrap
-    interval)."""
+    interval); without a stock arm, each arm's difference to its twin (:data:`TWINS`); without either, one row."""
     plt = _pyplot()
     summary = result.get("summary", {})
     budgets = list(summary) or list(result["runs"])
     structures = [*result["structures"], "mean"]
-    fig, axes = plt.subplots(2, len(budgets), figsize=(2.5 + 0.9 * len(structures) * len(budgets), 6.4),
+    entries = [e for arms in summary.values() for e in arms.values()]
+    key = "vs_stock" if any("vs_stock" in e for e in entries) else "vs_twin"
+    rows = 2 if any(key in e for e in entries) else 1
+    fig, axes = plt.subplots(rows, len(budgets), figsize=(2.5 + 0.9 * len(structures) * len(budgets), 3.2 * rows),
                              squeeze=False, sharey="row")
     for col, budget in enumerate(budgets):
         arms = list(summary.get(budget, {}).items())
@@ -263,8 +266,10 @@ def plot_dice(result: dict, out: Path) -> None:
             sd = [entry["dice"][s]["sd"] or 0 for s in structures]
             axes[0][col].bar(x + i * width, [entry["dice"][s]["mean"] for s in structures], width, yerr=sd,
                              capsize=2, label=label, color=f"C{i}")
-            if "vs_stock" in entry:
-                d = [entry["vs_stock"][s] for s in structures]
+            if key in entry:
+                d = [entry[key][s] for s in structures]
+                if key == "vs_twin":
+                    label += " − " + _label(result["runs"][budget].get(entry[key]["arm"], {}), entry[key]["arm"])
                 mean = np.array([v["mean"] for v in d])
                 err = np.array([[m - v["low"] for m, v in zip(mean, d)], [v["high"] - m for m, v in zip(mean, d)]])
                 axes[1][col].errorbar(x + i * width, mean, yerr=err, fmt="o", capsize=3, color=f"C{i}", label=label)
@@ -273,10 +278,14 @@ def plot_dice(result: dict, out: Path) -> None:
             ax.grid(axis="y", alpha=0.3)
         axes[0][col].set_title(f"{budget} labelled patients")
         axes[0][col].set_ylim(0, 1)
-        axes[1][col].axhline(0, color="k", lw=0.8)
+        axes[-1][col].axhline(0, color="k", lw=0.8)
     axes[0][0].set_ylabel("Dice (held out), mean ± sd over seeds")
-    axes[1][0].set_ylabel("Δ Dice vs stock nnU-Net\n(95 % bootstrap CI)")
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    if rows == 2:
+        axes[1][0].set_ylabel(("Δ Dice vs stock nnU-Net" if key == "vs_stock" else "Δ Dice vs its twin")
+                              + "\n(95 % bootstrap CI over patients)")
+        if key == "vs_twin":
+            axes[1][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     _save(fig, out)
 
 
