@@ -125,11 +125,15 @@ def evaluate_folder(reference_folder: Path, prediction_folder: Path, spec: Label
             print(f"WARNING: structure {name}={value} appears in no reference file of {reference_folder}; its Dice "
                   f"of 1 only says that nothing was predicted either. Check --structures (values present: "
                   f"{sorted(present)})", file=sys.stderr)
-    mean = {name: {"Dice": float(np.mean([c[name]["Dice"] for c in per_case.values()])),
+    return {"per_case": per_case, "mean": mean_over_cases(per_case, list(spec.structures))}
+
+
+def mean_over_cases(per_case: dict[str, dict], structures: list[str]) -> dict:
+    """``{structure: {"Dice", "HD95", "HD95_misses"}}``: means over the cases of :func:`score_case`'s scores."""
+    return {name: {"Dice": float(np.mean([c[name]["Dice"] for c in per_case.values()])),
                    "HD95": float(np.mean([c[name]["HD95"] for c in per_case.values()])),
                    "HD95_misses": int(sum(c[name]["HD95_miss"] for c in per_case.values()))}
-            for name in spec.structures}
-    return {"per_case": per_case, "mean": mean}
+            for name in structures}
 
 
 def parse_spec(structures: list[str], remap: list[str] = (), ignore: list[str] = ()) -> LabelSpec:

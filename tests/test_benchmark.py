@@ -189,7 +189,8 @@ def test_paired_difference_resamples_patients_with_their_frames_and_seeds() -> N
 def _run(dice: dict[str, list[float]], iterations: int = 100) -> dict:
     """A finished run with per-case Dice ``{structure: [case values]}``."""
     cases = len(next(iter(dice.values())))
-    per_case = {f"case{i}": {s: {"Dice": v[i], "HD95": 1.0} for s, v in dice.items()} for i in range(cases)}
+    per_case = {f"case{i}": {s: {"Dice": v[i], "HD95": 1.0, "HD95_miss": False} for s, v in dice.items()}
+                for i in range(cases)}
     means = {s: float(np.mean(v)) for s, v in dice.items()}
     return {"status": "done", "label": "L", "dice": {**means, "mean": float(np.mean(list(means.values())))},
             "hd95": {s: 1.0 for s in [*dice, "mean"]}, "per_case": per_case, "iterations": iterations,
@@ -547,7 +548,8 @@ def test_benchmark_report_joins_cross_validation_folds(tmp_path: Path) -> None:
     assert "3 patients, each scored by the one of 3 cross-validation folds that held it out" in text
 
 
-def test_a_run_folder_of_another_split_is_refused_not_reused(tmp_path: Path) -> None:
+def test_a_run_folder_of_another_split_is_refused_not_reused(monkeypatch, tmp_path: Path) -> None:
+    from nnunetv2_xlstm.benchmark import run_benchmark
     from nnunetv2_xlstm.benchmark.run_benchmark import train_and_score
 
     folder = tmp_path / "Dataset803_HVSMR" / "T__P__3d_fullres" / "fold_0"
@@ -562,11 +564,18 @@ def test_a_run_folder_of_another_split_is_refused_not_reused(tmp_path: Path) -> 
     assert "curve" not in run and not (tmp_path / "log").exists()  # nothing trained, scored or reused
 
     fresh = tmp_path / "Dataset803_HVSMR" / "T__P__3d_fullres" / "fold_1"
-    with pytest.raises(Exception):  # a new folder records its split before training (which fails here: no data)
-        train_and_score({**run, "fold": 1}, 803, "Dataset803_HVSMR", "cpu", {"nnUNet_results": str(tmp_path),
-                        "PATH": ""}, tmp_path / "log", validation=(tmp_path, ["pat5"], None, ".nii.gz"), test=None,
+    recorded = []
+
+    def train(args: list[str], env: dict, log: Path) -> None:  # stands in for nnUNetv2_train: what the folder holds
+        recorded.append(json.loads((fresh / "benchmark_split.json").read_text()))
+        raise RuntimeError("training stopped here")
+
+    monkeypatch.setattr(run_benchmark, "run_command", train)
+    with pytest.raises(RuntimeError, match="training stopped here"):
+        train_and_score({**run, "fold": 1}, 803, "Dataset803_HVSMR", "cpu", {"nnUNet_results": str(tmp_path)},
+                        tmp_path / "log", validation=(tmp_path, ["pat5"], None, ".nii.gz"), test=None,
                         predictions=tmp_path / "p", split={"train": ["pat4", "pat58"], "val": ["pat5"]})
-    assert json.loads((fresh / "benchmark_split.json").read_text()) == {"train": ["pat4", "pat58"], "val": ["pat5"]}
+    assert recorded == [{"train": ["pat4", "pat58"], "val": ["pat5"]}]  # a new folder records its split first
 
 
 @pytest.mark.parametrize("arms, panel_rows, lower_label", [

@@ -27,6 +27,7 @@ import numpy as np
 
 from nnunetv2_xlstm.benchmark.report import markdown_report, summarise
 from nnunetv2_xlstm.env import InputError, error_line
+from nnunetv2_xlstm.evaluation import mean_over_cases
 from nnunetv2_xlstm.splits import DEFAULT_GROUP_PATTERN
 
 # what two results must share to be one benchmark
@@ -163,15 +164,13 @@ def _join_folds(results: list[tuple[Path, dict]]) -> None:
 
 
 def _joined_run(runs: list[dict], structures: list[str]) -> dict:
-    per_case = {case: scores for run in runs for case, scores in run["per_case"].items()}
-    out = {**runs[0], "per_case": per_case, "fold": None,
-           "iterations": int(round(np.mean([r.get("iterations") or 0 for r in runs]))),
-           "wall_seconds": float(np.mean([r.get("wall_seconds", 0) for r in runs])),
-           "folds": [{k: r.get(k) for k in ("fold", "iterations", "wall_seconds", "dice")} for r in runs]}
-    for metric, key in (("dice", "Dice"), ("hd95", "HD95")):
-        values = {s: float(np.mean([c[s][key] for c in per_case.values()])) for s in structures}
-        out[metric] = {**values, "mean": float(np.mean(list(values.values())))}
-    return out
+    from nnunetv2_xlstm.benchmark.run_benchmark import scores
+
+    per_case = {case: s for run in runs for case, s in run["per_case"].items()}
+    return {**runs[0], "fold": None, "iterations": int(round(np.mean([r.get("iterations") or 0 for r in runs]))),
+            "wall_seconds": float(np.mean([r.get("wall_seconds", 0) for r in runs])),
+            "folds": [{k: r.get(k) for k in ("fold", "iterations", "wall_seconds", "dice")} for r in runs],
+            **scores({"per_case": per_case, "mean": mean_over_cases(per_case, structures)}, structures)}
 
 
 def report_entry(argv: list[str] | None = None) -> None:

@@ -339,7 +339,7 @@ def train_and_score(run: dict, dataset_id: int, dataset_name: str, device: str, 
                              test_spec.structures)
 
 
-def scores(evaluation: dict, structures: dict[str, int]) -> dict:
+def scores(evaluation: dict, structures: dict[str, int] | list[str]) -> dict:
     """Mean Dice and HD95 per structure, and their mean over structures."""
     out = {}
     for metric in ("Dice", "HD95"):
