@@ -322,6 +322,10 @@ def test_iteration_matched_trainer_has_whole_epochs_and_no_time_budget(monkeypat
     monkeypatch.delenv(ITERATIONS_ENV)
     monkeypatch.setenv(MINUTES_ENV, "5")
     assert training_budget(long, 1000, 25) == (300.0, 1000)
+    short = PRESETS["cpu"].schedule  # 8 epochs are its length, not a cap on a time budget given to it
+    assert training_budget(short, short.epochs, 20) == (300.0, 1000)
+    monkeypatch.delenv(MINUTES_ENV)
+    assert training_budget(short, short.epochs, 20) == (None, 8)
 
 
 ARMS_RUN = ("stock", "xlstm", "xlstm_pretrained", "xlstm_no_mlstm")
@@ -390,11 +394,15 @@ def test_benchmark_command_on_phantoms(tmp_path: Path, nnunet_env: dict[str, str
     assert all(ARMS[a] in report for a in ARMS_RUN) and "## 2 labelled patients" in report
     for png in ("dice.png", "curves.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG" and (out / png).stat().st_size > 10_000
-    # a second call finds every run done: nothing is retrained, the numbers stay
-    second = subprocess.run(command, env=nnunet_env, capture_output=True, text=True)
+    # a second call, here with one arm, finds its runs done: nothing is retrained, and nothing the other arms
+    # measured is lost
+    arms_at = command.index("--arms") + 1
+    second = subprocess.run(command[:arms_at] + ["stock"] + command[arms_at + len(ARMS_RUN):], env=nnunet_env,
+                            capture_output=True, text=True)
     assert second.returncode == 0, second.stderr[-3000:]
     again = json.loads((out / "benchmark.json").read_text())
     assert again["runs"] == result["runs"] and "nnUNetv2_train" not in second.stdout
+    assert again["speed"] == result["speed"] and again["trainers"] == result["trainers"]
     # the report command rebuilds the same summary from the file alone (as for files from several machines)
     merged = subprocess.run([str(bin_ / "nnunetv2_xlstm_benchmark_report"), str(out / "benchmark.json"), "--output",
                              str(tmp_path / "merged")], capture_output=True, text=True)

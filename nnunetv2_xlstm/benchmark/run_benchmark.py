@@ -237,7 +237,7 @@ def run_benchmark(dataset_id: int, preset: Preset, output: Path, budgets: list[s
         "machine": machine_description(device), "device": device, "structures": list(structures),
         "budgets": {b: t for b, t in zip(budget_names, summary["train_patients"])},
         "val_patients": summary["val_patients"], "plans": plans,
-        "trainers": {a: preset.trainer(a) for a in arms}, "encoder": str(encoder) if encoder else None,
+        "trainers": {**result.get("trainers", {}), **{a: preset.trainer(a) for a in arms}}, "encoder": str(encoder) if encoder else None,
         "encoder_leakage": leakage, "group_pattern": group_pattern,
         "evaluated_on": f"{len(summary['val_patients'])} held-out development patients (every fold's validation "
                         f"set; nnU-Net's final validation, final checkpoint)"
@@ -286,8 +286,8 @@ def run_benchmark(dataset_id: int, preset: Preset, output: Path, budgets: list[s
         save(result, output, figures=True)
     bar.close()
     result["summary"] = summarise(runs, result["structures"], group_pattern)
-    result["speed"] = speed(result, arms, dataset_id, dataset_json, test_folder,
-                            summary["folds"][0]["val"][:timing_cases], device, env, output)
+    result["speed"] = {**result.get("speed", {}), **speed(result, arms, dataset_id, dataset_json, test_folder,
+                            summary["folds"][0]["val"][:timing_cases], device, env, output)}
     save(result, output, figures=True)
     print(markdown_report(result))
     print(f"wrote {output / 'benchmark.json'}, benchmark.md, dice.png, curves.png")

@@ -46,9 +46,13 @@ def _env_number(name: str, kind: type, minimum: float) -> float | None:
     return number
 
 
+TIME_BUDGET_EPOCH_CAP = 1000  # nnU-Net's own length: the cap of a time budget given to a schedule without one
+
+
 def training_budget(schedule: Schedule | None, epochs: int, iterations_per_epoch: int) -> tuple[float | None, int]:
     """``(time budget in seconds or None, epochs)`` from :data:`MINUTES_ENV` / :data:`ITERATIONS_ENV`, else the
-    schedule's own budget: a time budget keeps the epochs as a cap; an iteration count gives whole epochs, at least
+    schedule's own budget: a time budget keeps the epochs as a cap (at least :data:`TIME_BUDGET_EPOCH_CAP` where the
+    schedule's epochs are its length, e.g. the ``cpu`` preset's 8); an iteration count gives whole epochs, at least
     that many iterations, and no time budget."""
     minutes = _env_number(MINUTES_ENV, float, 1e-3)
     iterations = _env_number(ITERATIONS_ENV, int, 1)
@@ -57,6 +61,8 @@ def training_budget(schedule: Schedule | None, epochs: int, iterations_per_epoch
                          f"iterations, not both")
     if iterations is not None:
         return None, -(-iterations // iterations_per_epoch)
+    if minutes is not None and (schedule is None or schedule.minutes is None):
+        epochs = max(epochs, TIME_BUDGET_EPOCH_CAP)  # these epochs were a length, not a cap: the time decides
     if minutes is None and schedule is not None:
         minutes = schedule.minutes
     return (None if minutes is None else 60 * minutes), epochs

@@ -429,30 +429,31 @@ def plot_semi_progress(log: dict, folder: Path) -> None:
 
     from nnunetv2_xlstm.atomic import atomic_write
 
-    fig, (ax, dice, share) = plt.subplots(1, 3, figsize=(14, 3.5))
-    for key in ("train_losses", "loss_labelled", "loss_unlabelled"):
-        ax.plot(log.get(key, []), label=key)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.legend(fontsize=8)
-    dice.plot(log.get("labelled_dice", []), color="C2", label="labelled training patches (warm start)")
-    dice.plot(log.get("ema_fg_dice", []), color="C0", label="nnU-Net's pseudo Dice (validation)")
-    dice.set_ylim(0, 1.02)
-    dice.set_xlabel("epoch")
-    dice.set_ylabel("Dice")
-    dice.legend(fontsize=8)
-    share.plot(log.get("pseudo_share", []), color="k", label="all")
-    per_class = np.array(log.get("pseudo_share_per_class", []), dtype=float)
-    for c in range(per_class.shape[1] if per_class.ndim == 2 else 0):
-        share.plot(per_class[:, c], label=f"class {c + 1}", alpha=0.7)
-    share.set_ylim(0, 1.02)
-    share.set_xlabel("epoch")
-    share.set_ylabel("confident share of pseudo-labels")
-    share.legend(fontsize=8)
-    for a in (ax, dice, share):
-        a.grid(alpha=0.3)
-    fig.tight_layout()
-    atomic_write(folder / "progress_semi.png", lambda tmp: fig.savefig(tmp, dpi=80))
+    with plt.style.context("default"):  # not nnU-Net's seaborn style, whose large fonts clip these labels
+        fig, (ax, dice, share) = plt.subplots(1, 3, figsize=(14, 3.5))
+        for key in ("train_losses", "loss_labelled", "loss_unlabelled"):
+            ax.plot(log.get(key, []), label=key)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss")
+        ax.legend(fontsize=8)
+        dice.plot(log.get("labelled_dice", []), color="C2", label="labelled training patches (warm start)")
+        dice.plot(log.get("ema_fg_dice", []), color="C0", label="nnU-Net's pseudo Dice (validation)")
+        dice.set_ylim(0, 1.02)
+        dice.set_xlabel("epoch")
+        dice.set_ylabel("Dice")
+        dice.legend(fontsize=8)
+        share.plot(log.get("pseudo_share", []), color="k", label="all")
+        per_class = np.array(log.get("pseudo_share_per_class", []), dtype=float)
+        for c in range(per_class.shape[1] if per_class.ndim == 2 else 0):
+            share.plot(per_class[:, c], label=f"class {c + 1}", alpha=0.7)
+        share.set_ylim(0, 1.02)
+        share.set_xlabel("epoch")
+        share.set_ylabel("confident share")
+        share.legend(fontsize=8)
+        for a in (ax, dice, share):
+            a.grid(alpha=0.3)
+        fig.tight_layout()
+        atomic_write(folder / "progress_semi.png", lambda tmp: fig.savefig(tmp, dpi=80))
     plt.close(fig)
 
 
