@@ -213,6 +213,8 @@ def test_encoder_frozen_during_warmup_then_released(encoder_plans: tuple[Path, P
 
     trainer.current_epoch = 0
     trainer.on_train_epoch_start()
+    stated = Path(trainer.log_file).read_text().splitlines()[-1].rstrip()  # nnU-Net's own line rounds to "0.0"
+    assert stated.endswith(f"learning rates: encoder 0, decoder {trainer.optimizer.param_groups[-1]['lr']:.3g}")
     _train_step(trainer)
     assert all(p.grad is None and not p.requires_grad for p in net.encoder.parameters())  # zero gradients
     assert all(torch.equal(net.state_dict()[k], v) for k, v in weights.items())  # unchanged
@@ -266,6 +268,9 @@ def test_finetuning_protocol_from_the_environment(encoder_plans: tuple[Path, Pat
     decoder_lr = groups[-1]["lr"]
     assert decoder_lr > 0 and groups[n - 1]["lr"] == pytest.approx(0.5 * decoder_lr)
     assert groups[0]["lr"] == pytest.approx(0.5 ** n * decoder_lr)
+    stated = Path(trainer.log_file).read_text().splitlines()[-1].rstrip()  # every group's lr, not only the first
+    assert stated.endswith(f"learning rates: encoder {groups[0]['lr']:.3g}-{groups[n - 1]['lr']:.3g}, "
+                           f"decoder {decoder_lr:.3g}")
     scratch_twin = _trainer(xlstm_trainers.nnUNetTrainerXLSTMScratch_smoke, dataset, nnunet_env)
     assert scratch_twin.warmup_epochs == 1 and scratch_twin.encoder_lr_factor == 1  # the baseline keeps its protocol
     for bad, message in (("encoder_lr=-1", "must be a number >= 0"), ("warmup=1", "must be below 1"),

@@ -318,4 +318,9 @@ class ScheduledTrainer(nnUNetTrainer):
         if not self.is_ddp and next(encoder.parameters()).requires_grad == frozen:
             encoder.requires_grad_(not frozen)
             self.print_to_log_file(f"encoder {'frozen' if frozen else 'trainable'} from epoch {self.current_epoch}")
-        super().on_train_epoch_start()
+        super().on_train_epoch_start()  # prints the first group's lr (the encoder's), rounded to 5 decimals
+        lrs: dict[str, list[float]] = {}
+        for group in self.optimizer.param_groups:
+            lrs.setdefault(group.get("name", "other"), []).append(group["lr"])
+        self.print_to_log_file("learning rates: " + ", ".join(
+            f"{name} {min(v):.3g}" + (f"-{max(v):.3g}" if max(v) > min(v) else "") for name, v in lrs.items()))
