@@ -237,7 +237,8 @@ def run_benchmark(dataset_id: int, preset: Preset, output: Path, budgets: list[s
         "machine": machine_description(device), "device": device, "structures": list(structures),
         "budgets": {b: t for b, t in zip(budget_names, summary["train_patients"])},
         "val_patients": summary["val_patients"], "plans": plans,
-        "trainers": {**result.get("trainers", {}), **{a: preset.trainer(a) for a in arms}}, "encoder": str(encoder) if encoder else None,
+        "trainers": {**result.get("trainers", {}), **{a: preset.trainer(a) for a in arms}},
+        "encoder": str(encoder) if encoder else None,
         "encoder_leakage": leakage, "group_pattern": group_pattern,
         "evaluated_on": f"{len(summary['val_patients'])} held-out development patients (every fold's validation "
                         f"set; nnU-Net's final validation, final checkpoint)"
@@ -286,8 +287,8 @@ def run_benchmark(dataset_id: int, preset: Preset, output: Path, budgets: list[s
         save(result, output, figures=True)
     bar.close()
     result["summary"] = summarise(runs, result["structures"], group_pattern)
-    result["speed"] = {**result.get("speed", {}), **speed(result, arms, dataset_id, dataset_json, test_folder,
-                            summary["folds"][0]["val"][:timing_cases], device, env, output)}
+    result["speed"] = speed(result, arms, dataset_id, dataset_json, test_folder,
+                            summary["folds"][0]["val"][:timing_cases], device, env, output)
     save(result, output, figures=True)
     print(markdown_report(result))
     print(f"wrote {output / 'benchmark.json'}, benchmark.md, dice.png, curves.png")
@@ -366,14 +367,14 @@ def predict(images: Path, out: Path, dataset_id: int, fold: int, run: dict, devi
 
 def speed(result: dict, arms: list[str], dataset_id: int, dataset_json: dict, test_folder: Path | None,
           timing_cases: list[str], device: str, env: dict[str, str], output: Path) -> dict:
-    """Per arm: parameters; training step time (the fastest of its runs' medians: on a shared machine noise only
+    """Per arm (``arms``, added to those of earlier calls): parameters; training step time (the fastest of its runs' medians: on a shared machine noise only
     slows) and peak memory (the largest) from the training logs; prediction time per volume (the first budget's
     test folder prediction, or the images of the development cases ``timing_cases``, predicted for timing alone)."""
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
     schedule = PRESETS[result["preset"]["name"]].schedule
     previous = result.get("speed", {})
-    out = {}
+    out = dict(previous)  # the arms of earlier calls into this output keep their entries
     for arm in arms:
         runs = [r for budget in result["runs"].values() for r in budget.get(arm, {}).values()
                 if r.get("status") == "done"]
