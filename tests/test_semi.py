@@ -379,3 +379,16 @@ def test_the_training_step_learns_a_learnable_target(semi_trainer) -> None:
     target = [torch.nn.functional.interpolate(label, size=tuple(s), mode="nearest") for s in shapes]
     losses = [float(trainer.train_step({"data": x, "target": target})["loss"]) for _ in range(25)]
     assert losses[-1] < 0.6 * losses[0], losses
+
+
+def test_progress_plot_names_the_structures(tmp_path: Path) -> None:
+    from nnunetv2_xlstm.training.semi import plot_semi_progress
+
+    log = {"train_losses": [1.0, 0.8], "loss_labelled": [0.9, 0.7], "loss_unlabelled": [float("nan"), 0.4],
+           "labelled_dice": [0.2, 0.4], "ema_fg_dice": [0.1, 0.3], "pseudo_share": [0.0, 0.5],
+           "pseudo_share_per_class": [[float("nan")] * 3, [0.2, 0.5, 0.8]]}
+    fig = plot_semi_progress(log, tmp_path, ["RV", "MYO", "LV"])
+    share = fig.axes[2]
+    assert share.get_legend_handles_labels()[1] == ["all", "RV", "MYO", "LV"]
+    assert share.lines[3].get_ydata()[1] == 0.8  # each name on its own class's curve
+    assert (tmp_path / "progress_semi.png").stat().st_size > 0

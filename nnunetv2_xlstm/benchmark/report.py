@@ -170,7 +170,7 @@ def _twin_table(result: dict, budget: str, structures: list[str]) -> list[str]:
     lines = ["Paired differences (same split, seeds and schedule; mean over cases and seeds, [95 % bootstrap interval "
              "over patients, their frames and seeds resampled together]; sd: over seeds of each seed's mean "
              "difference):", "",
-             "| difference | " + " | ".join(structures) + " | mean Dice | per seed | sd over seeds | patients | seeds |",
+             "| difference | " + " | ".join(structures) + " | mean Dice | per seed | sd over seeds | patients | seed ids |",
              "| --- |" + " --- |" * (len(structures) + 5)]
     cell = lambda v: f"{v['mean']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}]"
     runs = result["runs"][budget]

@@ -401,7 +401,9 @@ class SemiSupervision:
     def on_epoch_end(self) -> None:
         super().on_epoch_end()
         if self.local_rank == 0:
-            plot_semi_progress(self.logger.local_logger.my_fantastic_logging, Path(self.output_folder))
+            names = {v: k for k, v in self.dataset_json["labels"].items() if isinstance(v, int)}
+            plot_semi_progress(self.logger.local_logger.my_fantastic_logging, Path(self.output_folder),
+                               [names.get(c, f"class {c}") for c in self.label_manager.foreground_labels])
 
     # --- the teacher in the checkpoint --------------------------------------------------------------------------
     def checkpoint_state(self) -> dict:
@@ -419,9 +421,10 @@ class SemiSupervision:
         self.semi_iterations = int(checkpoint.get("semi_iterations", 0))
 
 
-def plot_semi_progress(log: dict, folder: Path) -> None:
+def plot_semi_progress(log: dict, folder: Path, class_names: list[str] = ()) -> plt.Figure:
     """``progress_semi.png``: the loss terms, the labelled and validation Dice, and the confident share of the
-    pseudo-labels, overall and per class."""
+    pseudo-labels, overall and per class (named by ``class_names``, in the order of the log's per-class shares).
+    Returns the closed figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -445,7 +448,7 @@ def plot_semi_progress(log: dict, folder: Path) -> None:
         share.plot(log.get("pseudo_share", []), color="k", label="all")
         per_class = np.array(log.get("pseudo_share_per_class", []), dtype=float)
         for c in range(per_class.shape[1] if per_class.ndim == 2 else 0):
-            share.plot(per_class[:, c], label=f"class {c + 1}", alpha=0.7)
+            share.plot(per_class[:, c], label=class_names[c] if c < len(class_names) else f"class {c + 1}", alpha=0.7)
         share.set_ylim(0, 1.02)
         share.set_xlabel("epoch")
         share.set_ylabel("confident share")
@@ -455,6 +458,7 @@ def plot_semi_progress(log: dict, folder: Path) -> None:
         fig.tight_layout()
         atomic_write(folder / "progress_semi.png", lambda tmp: fig.savefig(tmp, dpi=80))
     plt.close(fig)
+    return fig
 
 
 class nnUNetTrainerXLSTMSemi(SemiSupervision, nnUNetTrainerXLSTMScratch):
