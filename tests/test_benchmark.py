@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -584,6 +585,45 @@ def test_a_run_folder_of_another_split_is_refused_not_reused(monkeypatch, tmp_pa
                         tmp_path / "log", validation=(tmp_path, ["pat5"], None, ".nii.gz"), test=None,
                         predictions=tmp_path / "p", split={"train": ["pat4", "pat58"], "val": ["pat5"]})
     assert recorded == [{"train": ["pat4", "pat58"], "val": ["pat5"]}]  # a new folder records its split first
+
+
+def test_a_reused_run_reports_the_time_it_was_trained_in(monkeypatch, tmp_path: Path) -> None:
+    from nnunetv2_xlstm.benchmark import run_benchmark
+    from nnunetv2_xlstm.benchmark.run_benchmark import WALL_SECONDS_FILE, train_and_score
+
+    folder = tmp_path / "Dataset801_ACDC" / "T__P__3d_fullres" / "fold_0"
+    calls = []
+
+    def train(args: list[str], env: dict, log: Path) -> None:  # stands in for nnUNetv2_train: a finished run
+        calls.append(args)
+        (folder / "validation").mkdir(parents=True)
+        (folder / "checkpoint_final.pth").write_bytes(b"trained")
+        (folder / "validation" / "summary.json").write_text("{}")
+
+    monkeypatch.setattr(run_benchmark, "run_command", train)
+    monkeypatch.setattr(run_benchmark, "curve_from_checkpoint", lambda folder: [{"epoch": 0}])
+    monkeypatch.setattr(run_benchmark, "evaluate_folder", lambda *args: {})
+    monkeypatch.setattr(run_benchmark, "scores", lambda evaluation, structures: {})
+    kwargs = dict(dataset_id=801, dataset_name="Dataset801_ACDC", device="cpu", env={"nnUNet_results": str(tmp_path)},
+                  log=tmp_path / "log", validation=(tmp_path, [], SimpleNamespace(structures=["RV"]), ".nii.gz"),
+                  test=None, predictions=tmp_path / "p")
+    first, second = ({"trainer": "T", "plans": "P", "fold": 0, "iterations_per_epoch": 25} for _ in range(2))
+    train_and_score(first, **kwargs)
+    assert len(calls) == 1 and first["wall_seconds"] > 0
+    assert json.loads((folder / WALL_SECONDS_FILE).read_text()) == first["wall_seconds"]
+    train_and_score(second, **kwargs)  # another benchmark with the same preset, seed and budget reuses the run
+    assert len(calls) == 1 and second["wall_seconds"] == first["wall_seconds"]
+
+    (folder / WALL_SECONDS_FILE).unlink()  # a run trained before its time was kept with it: unknown, not 0
+    third = {"trainer": "T", "plans": "P", "fold": 0, "iterations_per_epoch": 25}
+    train_and_score(third, **kwargs)
+    assert "wall_seconds" not in third
+    runs = {"3": {"xlstm": {"0": {**_frames([0.5] * 4)}}}}
+    del runs["3"]["xlstm"]["0"]["wall_seconds"]
+    result = _result(runs)
+    result["summary"] = summarise(runs, result["structures"], result["group_pattern"])
+    assert result["summary"]["3"]["xlstm"]["wall_minutes"] is None
+    assert next(line for line in markdown_report(result).splitlines() if line.startswith("| L |")).endswith("| — |")
 
 
 @pytest.mark.parametrize("arms, panel_rows, lower_label", [

@@ -167,8 +167,10 @@ def _joined_run(runs: list[dict], structures: list[str]) -> dict:
     from nnunetv2_xlstm.benchmark.run_benchmark import scores
 
     per_case = {case: s for run in runs for case, s in run["per_case"].items()}
-    return {**runs[0], "fold": None, "iterations": int(round(np.mean([r.get("iterations") or 0 for r in runs]))),
-            "wall_seconds": float(np.mean([r.get("wall_seconds", 0) for r in runs])),
+    walls = [r.get("wall_seconds") for r in runs]  # None: a reused run trained before its time was kept with it
+    joined = {k: v for k, v in runs[0].items() if k != "wall_seconds"}
+    return {**joined, "fold": None, "iterations": int(round(np.mean([r.get("iterations") or 0 for r in runs]))),
+            **({} if None in walls else {"wall_seconds": float(np.mean(walls))}),
             "folds": [{k: r.get(k) for k in ("fold", "iterations", "wall_seconds", "dice")} for r in runs],
             **scores({"per_case": per_case, "mean": mean_over_cases(per_case, structures)}, structures)}
 

@@ -114,7 +114,7 @@ def summarise(runs: dict[str, dict[str, dict[str, dict]]], structures: list[str]
                               for i, s in enumerate(names)},
                      "iterations": [r.get("iterations") for r in seeds.values()],
                      "hd95_mean": float(np.mean([r["hd95"]["mean"] for r in seeds.values()])),
-                     "wall_minutes": float(np.mean([r.get("wall_seconds", 0) / 60 for r in seeds.values()]))}
+                     "wall_minutes": _mean([r["wall_seconds"] / 60 for r in seeds.values() if "wall_seconds" in r])}
             if arm != STOCK and set(seeds) & set(done.get(STOCK, {})):
                 entry["vs_stock"] = paired_difference(seeds, done[STOCK], structures, group_pattern)
             twin = TWINS.get(arm)
@@ -155,6 +155,11 @@ def paired_difference(mine: dict[str, dict], theirs: dict[str, dict], structures
 def _label(seeds: dict[str, dict], arm: str) -> str:
     """An arm's label as its runs record it (``arm`` if none does)."""
     return next((r["label"] for r in seeds.values() if "label" in r), arm)
+
+
+def _mean(values: list[float]) -> float | None:
+    """The mean, or None for no values (e.g. the time of runs that another benchmark trained before it was kept)."""
+    return float(np.mean(values)) if values else None
 
 
 def _pm(entry: dict) -> str:
@@ -225,7 +230,7 @@ def markdown_report(result: dict) -> str:
             its = "–".join(str(i) for i in dict.fromkeys(its[:1] + its[-1:]))  # the range over seeds
             lines.append(f"| {label} | " + " | ".join(_pm(entry["dice"][s]) for s in structures)
                          + f" | **{_pm(entry['dice']['mean'])}** | {delta} | {entry['hd95_mean']:.1f} | {its} | "
-                           f"{entry['wall_minutes']:.1f} min |")
+                           + ("— |" if entry["wall_minutes"] is None else f"{entry['wall_minutes']:.1f} min |"))
         lines += [""] + [f"- {f}" for f in failed] + ([""] if failed else [])
         lines += _twin_table(result, budget, structures)
     if "speed" not in result:  # a run in progress: the speed table comes at the end

@@ -60,6 +60,7 @@ from nnunetv2_xlstm.training.semi import parse_settings as parse_semi_settings
 
 RESULT_FORMAT = 2  # runs[budget][arm][seed]
 VARIANT_ARMS = {FINETUNE_ENV: PRETRAINED, SEMI_ENV: SEMI}  # the arms that each setting variable changes
+WALL_SECONDS_FILE = "benchmark_wall_seconds.json"  # a run's training and validation time, in its folder
 
 
 def check_seeds(seeds: list[int]) -> list[int]:
@@ -317,6 +318,8 @@ def train_and_score(run: dict, dataset_id: int, dataset_name: str, device: str, 
             atomic_write_text(marker, json.dumps(split))
     train = ["nnUNetv2_train", str(dataset_id), CONFIG, str(run["fold"]), "-tr", run["trainer"], "-p", run["plans"],
              "-device", device]
+    timing = folder / WALL_SECONDS_FILE  # kept with the run, so a benchmark that reuses it can report its time
+    recorded = json.loads(timing.read_text()) if timing.is_file() else run.get("wall_seconds")
     if not (folder / "checkpoint_final.pth").is_file():
         resume = (folder / "checkpoint_latest.pth").is_file()
         if resume:  # nnU-Net's --c unpickles it in full: refuse one that holds arbitrary objects
@@ -325,9 +328,14 @@ def train_and_score(run: dict, dataset_id: int, dataset_name: str, device: str, 
         try:  # training and nnU-Net's final validation, summed over interrupted attempts
             run_command(train + (["--c"] if resume else []), env, log)
         finally:
-            run["wall_seconds"] = run.get("wall_seconds", 0) + time.perf_counter() - t0
-    elif not (folder / "validation" / "summary.json").is_file():
-        run_command(train + ["--val"], env, log)
+            run["wall_seconds"] = (recorded or 0) + time.perf_counter() - t0
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(timing, json.dumps(run["wall_seconds"]))
+    else:
+        if recorded is not None:  # else trained before its time was kept with it: reported as unknown
+            run["wall_seconds"] = recorded
+        if not (folder / "validation" / "summary.json").is_file():
+            run_command(train + ["--val"], env, log)
     run["curve"] = curve_from_checkpoint(folder)
     run["iterations"] = len(run["curve"]) * run["iterations_per_epoch"]
     references, cases, spec, ending = validation
