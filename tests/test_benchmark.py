@@ -285,6 +285,7 @@ def test_setting_variants_change_only_their_arms_and_folders(tmp_path: Path) -> 
     assert variant_env("xlstm_pretrained", variants) == {"NNUNETV2_XLSTM_FINETUNE": "encoder_lr=0.3,warmup=0.2"}
     assert variant_env("xlstm_semi", variants) == {"NNUNETV2_XLSTM_SEMI": "class_quantile=none"}
     assert len(variant_env("xlstm_pretrained_semi", variants)) == 2
+    assert variant_env("xlstm_pretrained_decoder_semi", variants) == variant_env("xlstm_pretrained_semi", variants)
     folders = {variant_folder(tmp_path, a, variants) for a in ("xlstm_pretrained", "xlstm_semi", "xlstm_pretrained_semi")}
     assert len(folders) == 3 and all(f.parent == tmp_path and f.name.startswith("variant_") for f in folders)
     assert variant_folder(tmp_path, "xlstm_pretrained", check_variants("encoder_lr=0.5", None)) not in folders
@@ -437,7 +438,8 @@ def test_benchmark_command_on_phantoms(tmp_path: Path, nnunet_env: dict[str, str
         "stock": "nnUNetPlans", "resenc_m": "nnUNetResEncUNetMPlans", "xlstm": "nnUNetPlansXLSTMEncoder",
         "xlstm_no_mlstm": "nnUNetPlansXLSTMEncoder_no_mlstm", "xlstm_light": "nnUNetPlansXLSTMEncoder_light",
         "xlstm_pretrained": "nnUNetPlansXLSTMEncoder", "xlstm_pretrained_decoder": "nnUNetPlansXLSTMEncoder",
-        "xlstm_semi": "nnUNetPlansXLSTMEncoder", "xlstm_pretrained_semi": "nnUNetPlansXLSTMEncoder"}
+        "xlstm_semi": "nnUNetPlansXLSTMEncoder", "xlstm_pretrained_semi": "nnUNetPlansXLSTMEncoder",
+        "xlstm_pretrained_decoder_semi": "nnUNetPlansXLSTMEncoder"}
 
 
 def _result(runs: dict, machine: str = "m1", **fields) -> dict:

@@ -16,6 +16,7 @@ from nnunetv2_xlstm.demo.phantoms import PhantomGeometry, write_phantom_dataset
 from nnunetv2_xlstm.env import InputError
 from nnunetv2_xlstm.planning.plan_and_preprocess import plan_and_preprocess
 from nnunetv2_xlstm.training import pretrained as trainers
+from nnunetv2_xlstm.training import semi
 from nnunetv2_xlstm_pretraining.config import SourceConfig, load_config
 from nnunetv2_xlstm_pretraining.data import load_pool, pool_files
 from nnunetv2_xlstm_pretraining.model import build_xlstm_unet
@@ -154,16 +155,20 @@ def test_pretrained_trainer_refuses_an_encoder_that_saw_its_validation_patients(
     folder = Path(nnunet_env["nnUNet_preprocessed"]) / dataset.name
     (folder / "splits_final.json").write_text(json.dumps([{"train": ["phantom_000_CT", "phantom_002_CT"],
                                                             "val": ["phantom_001_MRI", "phantom_003_MRI"]}]))
-    plans = {**json.loads((folder / "nnUNetPlansXLSTMEncoder.json").read_text()), "continue_training": False}
-    trainer = trainers.nnUNetTrainerXLSTMPretrainedDecoder(
-        plans, "3d_fullres", 0, json.loads((folder / "dataset.json").read_text()), torch.device("cpu"))
-    trainer.initialize()
-    with pytest.raises(InputError, match=r"pretrained on images of 2 validation or test patient\(s\) "
-                                         r"\(phantom_001_MRI, phantom_003_MRI\)"):
+    for cls in (trainers.nnUNetTrainerXLSTMPretrainedDecoder, semi.nnUNetTrainerXLSTMPretrainedDecoderSemi):
+        monkeypatch.delenv("NNUNETV2_XLSTM_TRANSDUCTIVE", raising=False)
+        plans = {**json.loads((folder / "nnUNetPlansXLSTMEncoder.json").read_text()), "continue_training": False}
+        trainer = cls(plans, "3d_fullres", 0, json.loads((folder / "dataset.json").read_text()), torch.device("cpu"))
+        trainer.initialize()
+        with pytest.raises(InputError, match=r"pretrained on images of 2 validation or test patient\(s\) "
+                                             r"\(phantom_001_MRI, phantom_003_MRI\)"):
+            trainer.load_pretrained_encoder()
+        monkeypatch.setenv("NNUNETV2_XLSTM_TRANSDUCTIVE", "1")
         trainer.load_pretrained_encoder()
-    monkeypatch.setenv("NNUNETV2_XLSTM_TRANSDUCTIVE", "1")
-    trainer.load_pretrained_encoder()
-    assert "TRANSDUCTIVE" in Path(trainer.log_file).read_text()
+        assert "TRANSDUCTIVE" in Path(trainer.log_file).read_text()
+        keys = json.loads((Path(trainer.output_folder) / "pretrained_encoder_keys.json").read_text())
+        assert any(k.startswith("decoder.stages.") for k in keys["loaded"])  # the semi trainer loads the decoder too
+        assert keys["fresh"] and all(k.startswith("decoder.seg_layers.") for k in keys["fresh"])
 
 
 @pytest.mark.slow

@@ -16,6 +16,8 @@ every arm's plans from that, so the arms share data, spacing, patch and batch an
 ``xlstm_semi``         the ``xlstm`` plans, trained semi-supervised on the fold's unlabelled patients too
 ``xlstm_pretrained_``  the same from the pretrained encoder
 ``semi``
+``xlstm_pretrained_``  the same from the pretrained encoder and decoder
+``decoder_semi``
 =====================  =====================================================================================
 
 The semi-supervised arms, ``xlstm_pretrained_decoder`` and ``xlstm_light`` run only when named in ``--arms`` (:data:`DEFAULT_ARMS` are the
@@ -41,12 +43,14 @@ ARMS = {"stock": "nnU-Net (PlainConvUNet)", "resenc_m": "ResEnc-M", "xlstm": "XL
         "xlstm_pretrained": "XLSTMUNet, pretrained",
         "xlstm_pretrained_decoder": "XLSTMUNet, pretrained encoder and decoder", "xlstm_no_mlstm": "XLSTMUNet without mLSTM",
         "xlstm_light": "XLSTMUNet, one block per stage", "xlstm_semi": "XLSTMUNet, semi-supervised",
-        "xlstm_pretrained_semi": "XLSTMUNet, pretrained, semi-supervised"}
+        "xlstm_pretrained_semi": "XLSTMUNet, pretrained, semi-supervised",
+        "xlstm_pretrained_decoder_semi": "XLSTMUNet, pretrained encoder and decoder, semi-supervised"}
 DEFAULT_ARMS = ("stock", "resenc_m", "xlstm", "xlstm_pretrained", "xlstm_no_mlstm")
 # arms with plans of their own; the others use xlstm's
 DERIVED = ("stock", "resenc_m", "xlstm", "xlstm_no_mlstm", "xlstm_light")
-PRETRAINED = ("xlstm_pretrained", "xlstm_pretrained_decoder", "xlstm_pretrained_semi")  # arms that need an encoder
-SEMI = ("xlstm_semi", "xlstm_pretrained_semi")
+PRETRAINED = ("xlstm_pretrained", "xlstm_pretrained_decoder", "xlstm_pretrained_semi",  # arms that need an encoder
+              "xlstm_pretrained_decoder_semi")
+SEMI = ("xlstm_semi", "xlstm_pretrained_semi", "xlstm_pretrained_decoder_semi")
 CONFIG = "3d_fullres"
 PLAIN_CONV_UNET = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
 RESIDUAL_ENCODER_UNET = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"

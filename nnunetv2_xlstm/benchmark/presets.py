@@ -31,7 +31,8 @@ class Preset:
         suffix = f"_{self.name.replace('-', '')}" if self.schedule is not None else ""
         semi = {"xlstm_pretrained": "nnUNetTrainerXLSTMPretrained",
                 "xlstm_pretrained_decoder": "nnUNetTrainerXLSTMPretrainedDecoder", "xlstm_semi": "nnUNetTrainerXLSTMSemi",
-                "xlstm_pretrained_semi": "nnUNetTrainerXLSTMPretrainedSemi"}
+                "xlstm_pretrained_semi": "nnUNetTrainerXLSTMPretrainedSemi",
+                "xlstm_pretrained_decoder_semi": "nnUNetTrainerXLSTMPretrainedDecoderSemi"}
         if arm in semi:
             return semi[arm] + suffix
         if self.stock_recipe:

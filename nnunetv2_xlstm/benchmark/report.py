@@ -16,7 +16,8 @@ STOCK = "stock"  # the arm every other arm's paired difference refers to
 # arms that change one thing of another arm, and that arm: their paired difference is reported as well (XLSTMUNet
 # against the same network without its mLSTM blocks: what the mLSTM is worth)
 TWINS = {"xlstm_pretrained": "xlstm", "xlstm_pretrained_decoder": "xlstm", "xlstm_semi": "xlstm",
-         "xlstm_pretrained_semi": "xlstm_pretrained", "xlstm": "xlstm_no_mlstm"}
+         "xlstm_pretrained_semi": "xlstm_pretrained", "xlstm_pretrained_decoder_semi": "xlstm_pretrained_decoder",
+         "xlstm": "xlstm_no_mlstm"}
 
 
 def curve_from_checkpoint(folder: Path) -> list[dict]:

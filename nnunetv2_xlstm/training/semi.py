@@ -5,6 +5,7 @@ copy-paste mixes them with the labelled patches (BCP, Bai et al., CVPR 2023; mea
 ``nnUNetTrainerXLSTMSemi``                     the scratch recipe (:class:`nnUNetTrainerXLSTMScratch`) plus the
                                                unlabelled scans
 ``nnUNetTrainerXLSTMPretrainedSemi``           the same from the plans' pretrained encoder
+``nnUNetTrainerXLSTMPretrainedDecoderSemi``    the same from the pretrained encoder and decoder
 ``*_smoke``, ``*_cpu``, ``*_cpulong``, ...    the schedules of the supervised trainers of that suffix
 =============================================  ==============================================================
 
@@ -62,7 +63,7 @@ from nnunetv2_xlstm.ema import ema_update
 from nnunetv2_xlstm.env import InputError
 from nnunetv2_xlstm.leakage import patients_of, raw_test_cases, split_group_pattern
 from nnunetv2_xlstm.training.copy_paste import box_mask, mix, mixed_targets, pseudo_labels
-from nnunetv2_xlstm.training.pretrained import nnUNetTrainerXLSTMPretrained
+from nnunetv2_xlstm.training.pretrained import nnUNetTrainerXLSTMPretrained, nnUNetTrainerXLSTMPretrainedDecoder
 from nnunetv2_xlstm.training.schedules import CPU, CPU_LONG, GPU15MIN, SMOKE
 from nnunetv2_xlstm.training.settings import parse_settings as parse
 from nnunetv2_xlstm.training.xlstm import nnUNetTrainerXLSTMScratch
@@ -469,6 +470,10 @@ class nnUNetTrainerXLSTMPretrainedSemi(SemiSupervision, nnUNetTrainerXLSTMPretra
     pass
 
 
+class nnUNetTrainerXLSTMPretrainedDecoderSemi(SemiSupervision, nnUNetTrainerXLSTMPretrainedDecoder):
+    pass
+
+
 class nnUNetTrainerXLSTMSemi_smoke(nnUNetTrainerXLSTMSemi):
     schedule = SMOKE
 
@@ -501,7 +506,26 @@ class nnUNetTrainerXLSTMPretrainedSemi_gpu15min(nnUNetTrainerXLSTMPretrainedSemi
     schedule = GPU15MIN
 
 
+class nnUNetTrainerXLSTMPretrainedDecoderSemi_smoke(nnUNetTrainerXLSTMPretrainedDecoderSemi):
+    schedule = SMOKE
+
+
+class nnUNetTrainerXLSTMPretrainedDecoderSemi_cpu(nnUNetTrainerXLSTMPretrainedDecoderSemi):
+    schedule = CPU
+
+
+class nnUNetTrainerXLSTMPretrainedDecoderSemi_cpulong(nnUNetTrainerXLSTMPretrainedDecoderSemi):
+    schedule = CPU_LONG
+
+
+class nnUNetTrainerXLSTMPretrainedDecoderSemi_gpu15min(nnUNetTrainerXLSTMPretrainedDecoderSemi):
+    schedule = GPU15MIN
+
+
 __all__ = ["nnUNetTrainerXLSTMSemi", "nnUNetTrainerXLSTMPretrainedSemi", "nnUNetTrainerXLSTMSemi_smoke",
            "nnUNetTrainerXLSTMSemi_cpu", "nnUNetTrainerXLSTMSemi_cpulong", "nnUNetTrainerXLSTMPretrainedSemi_smoke",
            "nnUNetTrainerXLSTMPretrainedSemi_cpu", "nnUNetTrainerXLSTMPretrainedSemi_cpulong",
-           "nnUNetTrainerXLSTMSemi_gpu15min", "nnUNetTrainerXLSTMPretrainedSemi_gpu15min"]
+           "nnUNetTrainerXLSTMSemi_gpu15min", "nnUNetTrainerXLSTMPretrainedSemi_gpu15min",
+           "nnUNetTrainerXLSTMPretrainedDecoderSemi", "nnUNetTrainerXLSTMPretrainedDecoderSemi_smoke",
+           "nnUNetTrainerXLSTMPretrainedDecoderSemi_cpu", "nnUNetTrainerXLSTMPretrainedDecoderSemi_cpulong",
+           "nnUNetTrainerXLSTMPretrainedDecoderSemi_gpu15min"]
