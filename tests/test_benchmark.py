@@ -650,3 +650,26 @@ def test_dice_plot_pairs_with_stock_else_with_twins(monkeypatch, tmp_path: Path,
         assert lower.get_ylabel().startswith(lower_label)
         (points,) = [line for line in lower.lines if line.get_marker() == "o"]
         assert points.get_ydata()[-1] == pytest.approx(0.1)  # the second arm is 0.1 above the first everywhere
+
+
+def test_long_arm_labels_neither_shrink_the_panels_nor_get_cut_off(monkeypatch, tmp_path: Path) -> None:
+    from nnunetv2_xlstm.benchmark import report
+
+    long = "XLSTMUNet, pretrained encoder and decoder (warmup=0.3,warmup_encoder_lr=0.1)"
+    curve = [{"epoch": e, "pseudo_dice": 0.1 * e, "train_loss": 1.0 - 0.1 * e} for e in range(5)]
+    runs = {"3": {"xlstm": {"0": {**_frames([0.5] * 4), "curve": curve}},
+                  "xlstm_pretrained_decoder": {"0": {**_frames([0.6] * 4), "curve": curve, "label": long}}}}
+    result = _result(runs)
+    result["summary"] = summarise(runs, result["structures"], result["group_pattern"])
+    figures = []
+    monkeypatch.setattr(report, "_save", lambda fig, out: figures.append(fig))
+    report.plot_curves(result, tmp_path / "curves.png")
+    report.plot_dice(result, tmp_path / "dice.png")
+    for fig in figures:
+        fig.canvas.draw()
+        assert all(ax.get_position().width > 0.6 for ax in fig.axes)  # a legend beside them took most of the width
+        texts = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+        assert long in texts and any(t.startswith(long + " − ") for t in texts) == (fig is figures[1])
+    monkeypatch.undo()  # and saved for real: nothing outside the panels is cut off
+    report.plot_curves(result, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 0

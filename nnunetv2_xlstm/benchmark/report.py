@@ -262,7 +262,7 @@ def plot_dice(result: dict, out: Path) -> None:
     key = "vs_stock" if any("vs_stock" in e for e in entries) else "vs_twin"
     rows = 2 if any(key in e for e in entries) else 1
     fig, axes = plt.subplots(rows, len(budgets), figsize=(2.5 + 0.9 * len(structures) * len(budgets), 3.2 * rows),
-                             squeeze=False, sharey="row")
+                             squeeze=False, sharey="row", layout="constrained")
     for col, budget in enumerate(budgets):
         arms = list(summary.get(budget, {}).items())
         width = 0.8 / max(len(arms), 1)
@@ -286,12 +286,12 @@ def plot_dice(result: dict, out: Path) -> None:
         axes[0][col].set_ylim(0, 1)
         axes[-1][col].axhline(0, color="k", lw=0.8)
     axes[0][0].set_ylabel("Dice (held out), mean ± sd over seeds")
-    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    _legend(fig, axes[0][-1], "upper")
     if rows == 2:
         axes[1][0].set_ylabel(("Δ Dice vs stock nnU-Net" if key == "vs_stock" else "Δ Dice vs its twin")
                               + "\n(95 % bootstrap CI over patients)")
         if key == "vs_twin":
-            axes[1][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+            _legend(fig, axes[1][-1], "lower")
     _save(fig, out)
 
 
@@ -301,7 +301,8 @@ def plot_curves(result: dict, out: Path) -> None:
     plt = _pyplot()
 
     budgets = list(result["runs"])
-    fig, axes = plt.subplots(2, len(budgets), figsize=(5 * len(budgets) + 1.5, 6), squeeze=False, sharex="col")
+    fig, axes = plt.subplots(2, len(budgets), figsize=(5 * len(budgets) + 1.5, 6), squeeze=False, sharex="col",
+                             layout="constrained")
     for col, budget in enumerate(budgets):
         for i, (arm, seeds) in enumerate(result["runs"][budget].items()):
             for j, run in enumerate(seeds.values()):
@@ -316,8 +317,14 @@ def plot_curves(result: dict, out: Path) -> None:
         axes[1][col].set_xlabel("training iterations")
         for ax in axes[:, col]:
             ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    _legend(fig, axes[0][-1], "lower")
     _save(fig, out)
+
+
+def _legend(fig, ax, side: str) -> None:
+    """``ax``'s legend above or below all panels, one arm a line: labels as long as a protocol's settings neither
+    shrink the panels nor get cut off."""
+    fig.legend(*ax.get_legend_handles_labels(), loc=f"outside {side} center", fontsize=7)
 
 
 def _pyplot():
@@ -330,6 +337,5 @@ def _pyplot():
 
 
 def _save(fig, out: Path) -> None:
-    fig.tight_layout()
-    atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
+    atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=90, format="png", bbox_inches="tight"))
     _pyplot().close(fig)
