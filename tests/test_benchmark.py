@@ -652,6 +652,38 @@ def test_dice_plot_pairs_with_stock_else_with_twins(monkeypatch, tmp_path: Path,
         assert points.get_ydata()[-1] == pytest.approx(0.1)  # the second arm is 0.1 above the first everywhere
 
 
+def test_an_arm_keeps_its_colour_and_row_across_budgets_run_in_another_order(monkeypatch, tmp_path: Path) -> None:
+    """A merged report whose budgets ran their arms in different orders: each arm keeps one colour and one bar
+    position in every panel, and stock nnU-Net heads every table."""
+    from matplotlib.colors import to_hex
+
+    from nnunetv2_xlstm.benchmark import report
+    from nnunetv2_xlstm.benchmark.arms import ARMS
+
+    run = lambda arm, dice: {"0": {**_frames([dice] * 4), "label": ARMS[arm]}}
+    runs = {"3": {"xlstm": run("xlstm", 0.5), "stock": run("stock", 0.6)},
+            "7": {"stock": run("stock", 0.7), "xlstm": run("xlstm", 0.8), "xlstm_light": run("xlstm_light", 0.9)}}
+    result = _result(runs)
+    result["summary"] = summarise(runs, result["structures"], result["group_pattern"])
+    figures = []
+    monkeypatch.setattr(report, "_save", lambda fig, out: figures.append(fig))
+    report.plot_dice(result, tmp_path / "dice.png")
+    (fig,) = figures
+    bars = {}  # arm value -> (colour, x offset within its structure) per panel
+    for ax in fig.axes[:2]:
+        for patch in ax.patches:
+            bars.setdefault(round(patch.get_height(), 3), set()).add(
+                (to_hex(patch.get_facecolor()), round(patch.get_x() % 1, 6)))
+    stock, xlstm = bars[0.6] | bars[0.7], bars[0.5] | bars[0.8]
+    assert len(stock) == 1 and len(xlstm) == 1 and stock != xlstm  # the same look in both panels, distinct arms
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [
+        "nnU-Net (PlainConvUNet)", "XLSTMUNet, scratch", "XLSTMUNet, one block per stage"]
+    md = report.markdown_report(result)
+    for budget in ("3", "7"):
+        table = md.split(f"## {budget} labelled patients")[1]
+        assert table.index("nnU-Net (PlainConvUNet)") < table.index("XLSTMUNet, scratch")
+
+
 def test_long_arm_labels_neither_shrink_the_panels_nor_get_cut_off(monkeypatch, tmp_path: Path) -> None:
     from nnunetv2_xlstm.benchmark import report
 

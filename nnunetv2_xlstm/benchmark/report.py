@@ -158,6 +158,18 @@ def _label(seeds: dict[str, dict], arm: str) -> str:
     return next((r["label"] for r in seeds.values() if "label" in r), arm)
 
 
+def arm_order(result: dict) -> list[str]:
+    """Every arm of ``result`` once, stock nnU-Net first and the others as they first appear: one colour, one row
+    and one bar position per arm in every table and panel, whichever call ran which arm first."""
+    arms = dict.fromkeys(arm for budget in result["runs"].values() for arm in budget)
+    return sorted(arms, key=lambda arm: arm != STOCK)
+
+
+def _ordered(arms: dict, order: list[str]) -> list[tuple[str, object]]:
+    """``arms.items()`` in ``order`` (arms not in it last)."""
+    return sorted(arms.items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order))
+
+
 def _mean(values: list[float]) -> float | None:
     """The mean, or None for no values (e.g. the time of runs that another benchmark trained before it was kept)."""
     return float(np.mean(values)) if values else None
@@ -180,7 +192,7 @@ def _twin_table(result: dict, budget: str, structures: list[str]) -> list[str]:
              "| --- |" + " --- |" * (len(structures) + 5)]
     cell = lambda v: f"{v['mean']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}]"
     runs = result["runs"][budget]
-    for arm, d in entries.items():
+    for arm, d in _ordered(entries, arm_order(result)):
         sd = d["mean"]["seed_sd"]
         lines.append(f"| {_label(runs[arm], arm)} − {_label(runs.get(d['arm'], {}), d['arm'])} | " + " | ".join(cell(d[s]) for s in structures)
                      + f" | **{cell(d['mean'])}** | {', '.join(f'{v:+.3f}' for v in d['mean'].get('per_seed', []))} | "
@@ -212,12 +224,13 @@ def markdown_report(result: dict) -> str:
              ""]
     structures = result["structures"]
     summary = result.get("summary", {})
+    order = arm_order(result)
     for budget, arms in result["runs"].items():
         lines += [f"## {budget} labelled patients", "",
                   "| arm | " + " | ".join(structures) + " | mean Dice | Δ stock (mean Dice) | mean HD95 (mm) | "
                   "iterations | wall time |", "| --- |" + " --- |" * (len(structures) + 5)]
         failed = []
-        for arm, seeds in arms.items():
+        for arm, seeds in _ordered(arms, order):
             label = _label(seeds, arm)
             failed += [f"{label}, seed {seed}: {r['status']}" for seed, r in seeds.items()
                        if r.get("status") not in ("done", None)]
@@ -238,7 +251,7 @@ def markdown_report(result: dict) -> str:
         return "\n".join(lines)
     lines += ["## Speed", "", "| arm | parameters | training step | peak memory | prediction per volume |",
               "| --- | --- | --- | --- | --- |"]
-    for arm, s in result["speed"].items():
+    for arm, s in _ordered(result["speed"], order):
         fmt = lambda v, f: "—" if v is None else f.format(v)
         lines.append(f"| {s['label']} | {s['parameters'] / 1e6:.2f} M | {fmt(s.get('step_seconds'), '{:.2f} s')} | "
                      f"{fmt(s.get('peak_memory_gib'), '{:.2f} GiB')} | "
@@ -260,14 +273,15 @@ def plot_dice(result: dict, out: Path) -> None:
     structures = [*result["structures"], "mean"]
     entries = [e for arms in summary.values() for e in arms.values()]
     key = "vs_stock" if any("vs_stock" in e for e in entries) else "vs_twin"
+    order = arm_order(result)
+    width = 0.8 / max(len(order), 1)
     rows = 2 if any(key in e for e in entries) else 1
     fig, axes = plt.subplots(rows, len(budgets), figsize=(2.5 + 0.9 * len(structures) * len(budgets), 3.2 * rows),
                              squeeze=False, sharey="row", layout="constrained")
     for col, budget in enumerate(budgets):
-        arms = list(summary.get(budget, {}).items())
-        width = 0.8 / max(len(arms), 1)
         x = np.arange(len(structures))
-        for i, (arm, entry) in enumerate(arms):
+        for arm, entry in _ordered(summary.get(budget, {}), order):
+            i = order.index(arm)
             label = _label(result["runs"][budget][arm], arm)
             sd = [entry["dice"][s]["sd"] or 0 for s in structures]
             axes[0][col].bar(x + i * width, [entry["dice"][s]["mean"] for s in structures], width, yerr=sd,
@@ -286,12 +300,12 @@ def plot_dice(result: dict, out: Path) -> None:
         axes[0][col].set_ylim(0, 1)
         axes[-1][col].axhline(0, color="k", lw=0.8)
     axes[0][0].set_ylabel("Dice (held out), mean ± sd over seeds")
-    _legend(fig, axes[0][-1], "upper")
+    _legend(fig, axes[0], "upper")
     if rows == 2:
         axes[1][0].set_ylabel(("Δ Dice vs stock nnU-Net" if key == "vs_stock" else "Δ Dice vs its twin")
                               + "\n(95 % bootstrap CI over patients)")
         if key == "vs_twin":
-            _legend(fig, axes[1][-1], "lower")
+            _legend(fig, axes[1], "lower")
     _save(fig, out)
 
 
@@ -301,10 +315,12 @@ def plot_curves(result: dict, out: Path) -> None:
     plt = _pyplot()
 
     budgets = list(result["runs"])
+    order = arm_order(result)
     fig, axes = plt.subplots(2, len(budgets), figsize=(5 * len(budgets) + 1.5, 6), squeeze=False, sharex="col",
                              layout="constrained")
     for col, budget in enumerate(budgets):
-        for i, (arm, seeds) in enumerate(result["runs"][budget].items()):
+        for arm, seeds in _ordered(result["runs"][budget], order):
+            i = order.index(arm)
             for j, run in enumerate(seeds.values()):
                 curve = run.get("curve") or []
                 x = [(e["epoch"] + 1) * run.get("iterations_per_epoch", 1) for e in curve]
@@ -317,14 +333,18 @@ def plot_curves(result: dict, out: Path) -> None:
         axes[1][col].set_xlabel("training iterations")
         for ax in axes[:, col]:
             ax.grid(alpha=0.3)
-    _legend(fig, axes[0][-1], "lower")
+    _legend(fig, axes[0], "lower")
     _save(fig, out)
 
 
-def _legend(fig, ax, side: str) -> None:
-    """``ax``'s legend above or below all panels, one arm a line: labels as long as a protocol's settings neither
-    shrink the panels nor get cut off."""
-    fig.legend(*ax.get_legend_handles_labels(), loc=f"outside {side} center", fontsize=7)
+def _legend(fig, axes, side: str) -> None:
+    """One legend for a row of panels (every arm once, in the order of its colours), above or below all panels,
+    one arm a line: labels as long as a protocol's settings neither shrink the panels nor get cut off."""
+    entries = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    fig.legend(list(entries.values()), list(entries), loc=f"outside {side} center", fontsize=7)
 
 
 def _pyplot():
