@@ -416,6 +416,17 @@ def test_benchmark_command_on_phantoms(tmp_path: Path, nnunet_env: dict[str, str
                              capture_output=True, text=True)
     assert planned.returncode == 0 and "Preprocessing" not in planned.stdout, planned.stderr[-3000:]
     assert json.loads((tmp_path / "other" / "benchmark.json").read_text())["plans"] == result["plans"]
+    # so does one without the encoder (e.g. the scratch arms beside a pretrained call still training): its plans
+    # change, the preprocessed data is not redone under the other call's feet
+    case = next((pre / f"{result['plans']['stock'].removesuffix('_stock')}_3d_fullres").glob("*.pkl"))
+    written = case.stat().st_mtime_ns
+    encoder_at = command.index("--pretrained_encoder")
+    scratch = subprocess.run(command[:encoder_at] + ["--arms", "stock", "xlstm", "--output", str(tmp_path / "scratch"),
+                                                     "--device", "cpu", "--plan_only"],
+                             env=nnunet_env, capture_output=True, text=True)
+    assert scratch.returncode == 0 and "Preprocessing" not in scratch.stdout, scratch.stderr[-3000:]
+    assert case.stat().st_mtime_ns == written
+    assert "pretrained_encoder" not in json.loads((pre / f"{result['plans']['xlstm']}.json").read_text())
     other = subprocess.run(command[:4] + ["full"] + command[5:], env=nnunet_env, capture_output=True, text=True)
     assert other.returncode != 0 and "choose another --output" in other.stderr
     # another seed with a training-time budget: its own run folders; the budget ends training after the first epoch

@@ -115,14 +115,18 @@ def plan_arms(dataset_id: int, preset: Preset, encoder: Path | None) -> tuple[di
     else:
         from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints
 
-        extract_fingerprints([dataset_id], num_processes=procs, clean=False)
-        spacing = scaled_spacing(list(XLSTMUNetPlanner(dataset_id).determine_fullres_target_spacing()),
-                                 preset.spacing_factor)
-        base_name = plan_and_preprocess(
-            [dataset_id], overwrite_target_spacing=spacing, overwrite_plans_name=bench_plans_name(preset),
-            planner_kwargs={"base_features": preset.base_features, "max_features": preset.max_features,
-                            **({"batch_size": preset.batch_size} if preset.batch_size else {})}, **common)
         folder = _preprocessed_folder(dataset_id)
+        base_name = bench_plans_name(preset)
+        # the data depend on the preset, not on the encoder: preprocessed once, never redone (nnU-Net deletes the
+        # folder first) under the training of a call with another encoder or none
+        if not _preprocessed(folder, base_name):
+            extract_fingerprints([dataset_id], num_processes=procs, clean=False)
+            spacing = scaled_spacing(list(XLSTMUNetPlanner(dataset_id).determine_fullres_target_spacing()),
+                                     preset.spacing_factor)
+            base_name = plan_and_preprocess(
+                [dataset_id], overwrite_target_spacing=spacing, overwrite_plans_name=base_name,
+                planner_kwargs={"base_features": preset.base_features, "max_features": preset.max_features,
+                                **({"batch_size": preset.batch_size} if preset.batch_size else {})}, **common)
         base = json.loads((folder / f"{base_name}.json").read_text())
         planned = base["configurations"][CONFIG]["architecture"]
         xlstm = planned
@@ -154,12 +158,21 @@ def planned_arms(dataset_id: int, preset: Preset, encoder: Path | None) -> dict[
     folder = _preprocessed_folder(dataset_id)
     names = {arm: bench_plans_name(preset, arm) for arm in DERIVED}
     if not all((folder / f"{n}.json").is_file() for n in names.values()) or \
-            not (folder / f"{bench_plans_name(preset)}_{CONFIG}").is_dir():
+            not _preprocessed(folder, bench_plans_name(preset)):
         return None
     recorded = json.loads((folder / f"{names['xlstm']}.json").read_text()).get("pretrained_encoder")
     if (recorded or {}).get("sha256") != (file_sha256(encoder) if encoder is not None else None):
         return None
     return _with_aliases(names, encoder)
+
+
+def _preprocessed(folder: Path, plans_name: str) -> bool:
+    """Whether ``plans_name`` is planned in ``folder`` and its 3D data preprocessed for every training case (nnU-Net
+    writes a case's properties last), so that an interrupted preprocessing is redone rather than reused."""
+    data = folder / f"{plans_name}_{CONFIG}"
+    if not (folder / f"{plans_name}.json").is_file() or not (folder / "dataset.json").is_file() or not data.is_dir():
+        return False
+    return len(list(data.glob("*.pkl"))) == json.loads((folder / "dataset.json").read_text())["numTraining"]
 
 
 def _preprocessed_folder(dataset_id: int) -> Path:
