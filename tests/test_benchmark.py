@@ -639,22 +639,28 @@ def test_a_reused_run_reports_the_time_it_was_trained_in(monkeypatch, tmp_path: 
     assert next(line for line in markdown_report(result).splitlines() if line.startswith("| L |")).endswith("| — |")
 
 
+def _dice_figure(monkeypatch, runs: dict) -> tuple[dict, object]:
+    """The result of ``runs`` with its summary, and the figure ``plot_dice`` draws of it (not saved)."""
+    from nnunetv2_xlstm.benchmark import report
+
+    result = _result(runs)
+    result["summary"] = summarise(runs, result["structures"], result["group_pattern"])
+    figures = []
+    monkeypatch.setattr(report, "_save", lambda fig, out: figures.append(fig))
+    report.plot_dice(result, Path("dice.png"))
+    (fig,) = figures
+    return result, fig
+
+
 @pytest.mark.parametrize("arms, panel_rows, lower_label", [
     (("stock", "xlstm"), 2, "Δ Dice vs stock nnU-Net"),
     (("xlstm", "xlstm_pretrained"), 2, "Δ Dice vs its twin"),  # no stock arm: the pretrained arm against scratch
     (("xlstm_light",), 1, None),  # nothing to pair: the bars alone
 ])
-def test_dice_plot_pairs_with_stock_else_with_twins(monkeypatch, tmp_path: Path, arms: tuple, panel_rows: int,
+def test_dice_plot_pairs_with_stock_else_with_twins(monkeypatch, arms: tuple, panel_rows: int,
                                                     lower_label: str | None) -> None:
-    from nnunetv2_xlstm.benchmark import report
-
     runs = {"3": {arm: {"0": _frames([0.5 + 0.1 * i] * 4)} for i, arm in enumerate(arms)}}
-    result = _result(runs)
-    result["summary"] = summarise(runs, result["structures"], result["group_pattern"])
-    figures = []
-    monkeypatch.setattr(report, "_save", lambda fig, out: figures.append(fig))
-    report.plot_dice(result, tmp_path / "dice.png")
-    (fig,) = figures
+    _, fig = _dice_figure(monkeypatch, runs)
     assert len(fig.axes) == panel_rows
     if lower_label:
         lower = fig.axes[1]
@@ -663,7 +669,7 @@ def test_dice_plot_pairs_with_stock_else_with_twins(monkeypatch, tmp_path: Path,
         assert points.get_ydata()[-1] == pytest.approx(0.1)  # the second arm is 0.1 above the first everywhere
 
 
-def test_an_arm_keeps_its_colour_and_row_across_budgets_run_in_another_order(monkeypatch, tmp_path: Path) -> None:
+def test_an_arm_keeps_its_colour_and_row_across_budgets_run_in_another_order(monkeypatch) -> None:
     """A merged report whose budgets ran their arms in different orders: each arm keeps one colour and one bar
     position in every panel, and stock nnU-Net heads every table."""
     from matplotlib.colors import to_hex
@@ -674,12 +680,7 @@ def test_an_arm_keeps_its_colour_and_row_across_budgets_run_in_another_order(mon
     run = lambda arm, dice: {"0": {**_frames([dice] * 4), "label": ARMS[arm]}}
     runs = {"3": {"xlstm": run("xlstm", 0.5), "stock": run("stock", 0.6)},
             "7": {"stock": run("stock", 0.7), "xlstm": run("xlstm", 0.8), "xlstm_light": run("xlstm_light", 0.9)}}
-    result = _result(runs)
-    result["summary"] = summarise(runs, result["structures"], result["group_pattern"])
-    figures = []
-    monkeypatch.setattr(report, "_save", lambda fig, out: figures.append(fig))
-    report.plot_dice(result, tmp_path / "dice.png")
-    (fig,) = figures
+    result, fig = _dice_figure(monkeypatch, runs)
     bars = {}  # arm value -> (colour, x offset within its structure) per panel
     for ax in fig.axes[:2]:
         for patch in ax.patches:
