@@ -351,6 +351,25 @@ def test_semi_steps_warm_start_then_teacher_and_mixes(semi_trainer) -> None:
     assert trainer.semi_iterations == 2
 
 
+@pytest.mark.parametrize("rank", [0, 1])
+def test_unlabelled_data_are_preprocessed_on_rank_0_while_the_other_ranks_wait(
+        semi_trainer, tmp_path: Path, rank: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nnunetv2_xlstm.training import semi
+
+    trainer, events = semi_trainer, []
+    mro = type(trainer).__mro__
+    parent = next(c for c in mro[mro.index(SemiSupervision) + 1:] if "on_train_start" in vars(c))
+    monkeypatch.setattr(parent, "on_train_start", lambda self: events.append("labelled loaders"))
+    monkeypatch.setattr(semi.dist, "barrier", lambda: events.append("barrier"))
+    monkeypatch.setattr(trainer, "unlabelled_cases", lambda: {"a": [str(tmp_path / "a_0000.nii.gz")]})
+    monkeypatch.setattr(trainer, "unlabelled_folder", lambda cases: tmp_path / "cache")
+    monkeypatch.setattr(trainer, "preprocess_unlabelled", lambda cases, f: events.append(f"preprocess {f.name}"))
+    monkeypatch.setattr(trainer, "get_unlabelled_loader", lambda f: events.append(f"unlabelled loader {f.name}"))
+    trainer.local_rank, trainer.is_ddp = rank, True
+    trainer.on_train_start()
+    assert events == ["preprocess cache"] * (rank == 0) + ["barrier", "labelled loaders", "unlabelled loader cache"]
+
+
 def test_an_unreadable_unlabelled_image_is_refused_by_name(semi_trainer, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     bad = tmp_path / "notanimage_0000.nii.gz"
