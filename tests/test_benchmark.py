@@ -502,6 +502,28 @@ def test_benchmark_report_merges_runs_from_several_files(tmp_path: Path) -> None
         (out / "benchmark.md").read_text()  # the mLSTM's paired difference, per seed: seed 0 +0.05, seed 1 +0.10
 
 
+def test_benchmark_report_pairs_the_other_side_of_a_two_by_two(tmp_path: Path) -> None:
+    from nnunetv2_xlstm.benchmark.merge import merge_results, report_entry
+
+    cells = {"xlstm": [0.5, 0.5, 0.6, 0.6], "xlstm_semi": [0.6, 0.6, 0.8, 0.8],
+             "xlstm_pretrained_decoder": [0.5, 0.5, 0.7, 0.7], "xlstm_pretrained_decoder_semi": [0.7, 0.7, 0.8, 0.8]}
+    runs = {arm: {"0": {**_frames(values), "label": arm.upper()}} for arm, values in cells.items()}
+    (tmp_path / "a.json").write_text(json.dumps(_result({"3": runs})))
+    pair = ("xlstm_pretrained_decoder_semi", "xlstm_semi")
+    summary = merge_results([tmp_path / "a.json"], pairs=[pair])["summary"]["3"]
+    assert summary["xlstm_pretrained_decoder_semi"]["vs_twin"]["arm"] == "xlstm_pretrained_decoder"
+    other_side = summary["xlstm_pretrained_decoder_semi"]["vs_arms"]["xlstm_semi"]["mean"]
+    # patient002 +0.1 (both frames), patient019 0: the interval runs from one patient's difference to the other's
+    assert (other_side["mean"], other_side["low"], other_side["high"]) == pytest.approx((0.05, 0.0, 0.1))
+    assert "vs_arms" not in summary["xlstm_semi"]  # only the pairs asked for
+    report_entry([str(tmp_path / "a.json"), "--output", str(tmp_path / "out"), "--pair", *pair])
+    text = (tmp_path / "out" / "benchmark.md").read_text()
+    assert "| XLSTM_PRETRAINED_DECODER_SEMI − XLSTM_SEMI | +0.050 [+0.000, +0.100] |" in text
+    assert text.index("− XLSTM_PRETRAINED_DECODER |") < text.index("− XLSTM_SEMI |")  # after the twins
+    with pytest.raises(InputError, match="--pair: no run of xlstm_pretrained_semi in .*a.json .*its arms: xlstm, "):
+        merge_results([tmp_path / "a.json"], pairs=[("xlstm_pretrained_semi", "xlstm")])
+
+
 @pytest.mark.parametrize("change, message", [
     ({"minutes": 10}, r"b.json and .*a.json measured different things \(minutes differ\)"),
     ({"budgets": {"3": ["patient100"]}}, r"b.json: its 3-patient budget trains on other patients"),

@@ -14,6 +14,13 @@ With ``--folds`` each file is one fold of a cross-validation (e.g. leave-one-out
 a development set): the folds score disjoint patients, and the runs of one budget, arm and seed are joined into one
 run scored on every fold's held-out patients, each case by the model that did not train on it, as nnU-Net's own
 cross-validation summary does. Paired differences then pair every patient's case between arms.
+
+    nnunetv2_xlstm_benchmark_report runs/2x2/benchmark.json --output runs/2x2 \
+        --pair xlstm_pretrained_decoder_semi xlstm_semi
+
+Each arm is paired with its twin (the scratch XLSTMUNet for a pretrained or semi-supervised arm, the arm without
+semi-supervision for a pretrained semi-supervised one, the network without mLSTM for XLSTMUNet); ``--pair ARM OTHER``
+adds the paired difference ARM − OTHER, with the same patient-level interval, e.g. the other side of a 2 × 2.
 """
 
 from __future__ import annotations
@@ -77,10 +84,11 @@ def _check_identity(results: list[tuple[Path, dict]], ignore: tuple[str, ...] = 
                              f"only benchmarks of one data set, preset, budget per run and development patients")
 
 
-def merge_results(files: list[Path], folds: bool = False) -> dict:
+def merge_results(files: list[Path], folds: bool = False, pairs: list[tuple[str, str]] | tuple = ()) -> dict:
     """The results of ``files`` as one: runs pooled by budget, arm and seed (the first file's fields otherwise, the
     union of seeds, machines and commands), summary recomputed, speed per arm from the file with its fastest step.
-    ``folds``: each file is one fold of a cross-validation (:func:`_join_folds`)."""
+    ``folds``: each file is one fold of a cross-validation (:func:`_join_folds`). ``pairs``: ``(arm, other)``, paired
+    differences to report beside the twins' (:func:`summarise`)."""
     results = _read(files)
     first_file, merged = results[0]  # read for this merge alone: extended in place
     if folds:
@@ -102,7 +110,13 @@ def merge_results(files: list[Path], folds: bool = False) -> dict:
     merged["machine"] = "; ".join(dict.fromkeys(machines))
     merged["command"] = list(dict.fromkeys(commands))
     merged["merged_from"] = [str(f) for f, _ in results]
-    merged["summary"] = summarise(merged["runs"], merged["structures"], merged.get("group_pattern") or DEFAULT_GROUP_PATTERN)
+    arms = dict.fromkeys(arm for budget in merged["runs"].values() for arm in budget)
+    missing = [a for pair in pairs for a in pair if a not in arms]
+    if missing:
+        raise InputError(f"--pair: no run of {missing[0]} in {', '.join(map(str, files))} (its arms: "
+                         f"{', '.join(arms)}); pair two arms the benchmark trained")
+    merged["summary"] = summarise(merged["runs"], merged["structures"],
+                                  merged.get("group_pattern") or DEFAULT_GROUP_PATTERN, pairs)
     return merged
 
 
@@ -181,11 +195,14 @@ def report_entry(argv: list[str] | None = None) -> None:
     p.add_argument("--output", type=Path, required=True, help="folder for the merged benchmark.json, .md and plots")
     p.add_argument("--folds", action="store_true",
                    help="each file is one fold of a cross-validation (disjoint development patients): join them")
+    p.add_argument("--pair", nargs=2, action="append", default=[], metavar=("ARM", "OTHER"),
+                   help="also report the paired difference ARM − OTHER (repeatable), e.g. "
+                        "xlstm_pretrained_decoder_semi xlstm_semi")
     a = p.parse_args(argv)
     from nnunetv2_xlstm.benchmark.run_benchmark import save
 
     try:
-        merged = merge_results(a.results, a.folds)
+        merged = merge_results(a.results, a.folds, [tuple(pair) for pair in a.pair])
         a.output.mkdir(parents=True, exist_ok=True)
         save(merged, a.output.resolve(), figures=True)
     except (InputError, OSError) as e:

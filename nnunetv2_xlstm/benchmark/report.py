@@ -96,11 +96,12 @@ def _case_dice(run: dict, structures: list[str]) -> dict[str, dict[str, float]]:
 
 
 def summarise(runs: dict[str, dict[str, dict[str, dict]]], structures: list[str],
-              group_pattern: str = DEFAULT_GROUP_PATTERN) -> dict:
+              group_pattern: str = DEFAULT_GROUP_PATTERN, pairs: list[tuple[str, str]] | tuple = ()) -> dict:
     """Per budget and arm, over its finished seeds: Dice mean ± sd per structure (the sd over seeds of each seed's
     mean over cases; None with one seed), the iterations reached, and the paired difference
-    (:func:`paired_difference`) to the stock arm (``vs_stock``) and, for the arms in :data:`TWINS`, to their twin
-    (``vs_twin``)."""
+    (:func:`paired_difference`) to the stock arm (``vs_stock``), for the arms in :data:`TWINS` to their twin
+    (``vs_twin``), and for each ``(arm, other)`` of ``pairs`` to that other arm (``vs_arms[other]``: e.g. both
+    cells of a 2 × 2 that no twin links)."""
     names = [*structures, "mean"]
     out: dict = {}
     for budget, arms in runs.items():
@@ -121,6 +122,10 @@ def summarise(runs: dict[str, dict[str, dict[str, dict]]], structures: list[str]
             twin = TWINS.get(arm)
             if twin and set(seeds) & set(done.get(twin, {})):
                 entry["vs_twin"] = {"arm": twin, **paired_difference(seeds, done[twin], structures, group_pattern)}
+            for other in dict.fromkeys(b for a, b in pairs if a == arm):
+                if set(seeds) & set(done.get(other, {})):
+                    entry.setdefault("vs_arms", {})[other] = paired_difference(seeds, done[other], structures,
+                                                                               group_pattern)
             out.setdefault(budget, {})[arm] = entry
     return out
 
@@ -179,11 +184,14 @@ def _pm(entry: dict) -> str:
     return f"{entry['mean']:.3f}" + (f" ± {entry['sd']:.3f}" if entry.get("sd") is not None else "")
 
 
-def _twin_table(result: dict, budget: str, structures: list[str]) -> list[str]:
-    """The paired differences of the arms in :data:`TWINS` to their twins: per structure the mean [95 % bootstrap
-    interval] over patients (their cases and seeds together), and the sd over seeds of the per-seed mean difference."""
-    entries = {arm: e["vs_twin"] for arm, e in result.get("summary", {}).get(budget, {}).items() if "vs_twin" in e}
-    if not entries:
+def _difference_table(result: dict, budget: str, structures: list[str]) -> list[str]:
+    """The paired differences of the arms in :data:`TWINS` to their twins, then those asked for by ``pairs``: per
+    structure the mean [95 % bootstrap interval] over patients (their cases and seeds together), and the sd over seeds
+    of the per-seed mean difference."""
+    arms = _ordered(result.get("summary", {}).get(budget, {}), arm_order(result))
+    rows = ([(arm, e["vs_twin"]["arm"], e["vs_twin"]) for arm, e in arms if "vs_twin" in e]
+            + [(arm, other, d) for arm, e in arms for other, d in e.get("vs_arms", {}).items()])
+    if not rows:
         return []
     lines = ["Paired differences (same split, seeds and schedule; mean over cases and seeds, [95 % bootstrap interval "
              "over patients, their frames and seeds resampled together]; sd: over seeds of each seed's mean "
@@ -192,9 +200,10 @@ def _twin_table(result: dict, budget: str, structures: list[str]) -> list[str]:
              "| --- |" + " --- |" * (len(structures) + 5)]
     cell = lambda v: f"{v['mean']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}]"
     runs = result["runs"][budget]
-    for arm, d in _ordered(entries, arm_order(result)):
+    for arm, other, d in rows:
         sd = d["mean"]["seed_sd"]
-        lines.append(f"| {_label(runs[arm], arm)} − {_label(runs.get(d['arm'], {}), d['arm'])} | " + " | ".join(cell(d[s]) for s in structures)
+        lines.append(f"| {_label(runs[arm], arm)} − {_label(runs.get(other, {}), other)} | "
+                     + " | ".join(cell(d[s]) for s in structures)
                      + f" | **{cell(d['mean'])}** | {', '.join(f'{v:+.3f}' for v in d['mean'].get('per_seed', []))} | "
                        f"{'—' if sd is None else f'{sd:.3f}'} | {d['mean'].get('patients', '—')} | "
                        f"{', '.join(d['mean']['seeds'])} |")
@@ -246,7 +255,7 @@ def markdown_report(result: dict) -> str:
                          + f" | **{_pm(entry['dice']['mean'])}** | {delta} | {entry['hd95_mean']:.1f} | {its} | "
                            + ("— |" if entry["wall_minutes"] is None else f"{entry['wall_minutes']:.1f} min |"))
         lines += [""] + [f"- {f}" for f in failed] + ([""] if failed else [])
-        lines += _twin_table(result, budget, structures)
+        lines += _difference_table(result, budget, structures)
     if "speed" not in result:  # a run in progress: the speed table comes at the end
         return "\n".join(lines)
     lines += ["## Speed", "", "| arm | parameters | training step | peak memory | prediction per volume |",
