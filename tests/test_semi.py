@@ -403,10 +403,12 @@ def test_the_training_step_learns_a_learnable_target(semi_trainer) -> None:
 def test_progress_plot_names_the_structures(tmp_path: Path) -> None:
     from nnunetv2_xlstm.training.semi import plot_semi_progress
 
-    log = {"train_losses": [1.0, 0.8], "loss_labelled": [0.9, 0.7], "loss_unlabelled": [float("nan"), 0.4],
-           "labelled_dice": [0.2, 0.4], "ema_fg_dice": [0.1, 0.3], "pseudo_share": [0.0, 0.5],
+    log = {"train_losses": [1.0, 0.8], "loss_labelled": [0.9, 0.7], "loss_unlabelled": [0.0, 0.4],
+           "labelled_dice": [0.2, 0.4], "ema_fg_dice": [0.1, 0.3], "pseudo_share": [float("nan"), 0.5],
            "pseudo_share_per_class": [[float("nan")] * 3, [0.2, 0.5, 0.8]]}
     fig = plot_semi_progress(log, tmp_path, ["RV", "MYO", "LV"])
+    unlabelled = fig.axes[0].lines[2].get_ydata()
+    assert np.isnan(unlabelled[0]) and unlabelled[1] == 0.4  # the warm start has no unlabelled loss, not a loss of 0
     share = fig.axes[2]
     assert share.get_legend_handles_labels()[1] == ["all", "RV", "MYO", "LV"]
     assert share.lines[3].get_ydata()[1] == 0.8  # each name on its own class's curve

@@ -435,8 +435,10 @@ def plot_semi_progress(log: dict, folder: Path, class_names: list[str] = ()) -> 
 
     with plt.style.context("default"):  # not nnU-Net's seaborn style, whose large fonts clip these labels
         fig, (ax, dice, share) = plt.subplots(1, 3, figsize=(14, 3.5))
-        for key in ("train_losses", "loss_labelled", "loss_unlabelled"):
-            ax.plot(log.get(key, []), label=key)
+        semi = np.isfinite(np.array(log.get("pseudo_share", []), dtype=float))  # no unlabelled term before it
+        ax.plot(log.get("train_losses", []), label="train_losses")
+        ax.plot(log.get("loss_labelled", []), label="loss_labelled")
+        ax.plot([v if on else np.nan for v, on in zip(log.get("loss_unlabelled", []), semi)], label="loss_unlabelled")
         ax.set_xlabel("epoch")
         ax.set_ylabel("loss")
         ax.legend(fontsize=8)
