@@ -661,12 +661,12 @@ def test_a_reused_run_reports_the_time_it_was_trained_in(monkeypatch, tmp_path: 
     assert next(line for line in markdown_report(result).splitlines() if line.startswith("| L |")).endswith("| — |")
 
 
-def _dice_figure(monkeypatch, runs: dict) -> tuple[dict, object]:
+def _dice_figure(monkeypatch, runs: dict, pairs: tuple = ()) -> tuple[dict, object]:
     """The result of ``runs`` with its summary, and the figure ``plot_dice`` draws of it (not saved)."""
     from nnunetv2_xlstm.benchmark import report
 
     result = _result(runs)
-    result["summary"] = summarise(runs, result["structures"], result["group_pattern"])
+    result["summary"] = summarise(runs, result["structures"], result["group_pattern"], pairs)
     figures = []
     monkeypatch.setattr(report, "_save", lambda fig, out: figures.append(fig))
     report.plot_dice(result, Path("dice.png"))
@@ -689,6 +689,19 @@ def test_dice_plot_pairs_with_stock_else_with_twins(monkeypatch, arms: tuple, pa
         assert lower.get_ylabel().startswith(lower_label)
         (points,) = [line for line in lower.lines if line.get_marker() == "o"]
         assert points.get_ydata()[-1] == pytest.approx(0.1)  # the second arm is 0.1 above the first everywhere
+
+
+def test_dice_plot_shows_the_pairs_asked_for_beside_the_twins(monkeypatch) -> None:
+    cells = {"xlstm": 0.5, "xlstm_semi": 0.7, "xlstm_pretrained_decoder": 0.55, "xlstm_pretrained_decoder_semi": 0.8}
+    runs = {"3": {arm: {"0": {**_frames([dice] * 4), "label": arm}} for arm, dice in cells.items()}}
+    _, fig = _dice_figure(monkeypatch, runs, pairs=[("xlstm_pretrained_decoder_semi", "xlstm_semi")])
+    lower = fig.axes[1]
+    shown = {label: bars.lines[0] for bars, label in zip(*lower.get_legend_handles_labels())}  # the points' line
+    points = {label: line.get_ydata()[-1] for label, line in shown.items()}
+    assert points == pytest.approx({"xlstm_semi − xlstm": 0.2, "xlstm_pretrained_decoder − xlstm": 0.05,
+                                    "xlstm_pretrained_decoder_semi − xlstm_pretrained_decoder": 0.25,
+                                    "xlstm_pretrained_decoder_semi − xlstm_semi": 0.1})
+    assert shown["xlstm_pretrained_decoder_semi − xlstm_semi"].get_marker() != shown["xlstm_semi − xlstm"].get_marker()
 
 
 def test_an_arm_keeps_its_colour_and_row_across_budgets_run_in_another_order(monkeypatch) -> None:

@@ -275,7 +275,8 @@ def markdown_report(result: dict) -> str:
 def plot_dice(result: dict, out: Path) -> None:
     """Two rows of panels, one column per budget: Dice per structure and arm (bars: mean over seeds, error bars:
     sd over seeds), and each arm's paired difference to stock nnU-Net (points, error bars: 95 % bootstrap
-    interval); without a stock arm, each arm's difference to its twin (:data:`TWINS`); without either, one row."""
+    interval); without a stock arm, each arm's difference to its twin (:data:`TWINS`) and to the other arms it was
+    paired with (``vs_arms``, other markers); without either, one row."""
     plt = _pyplot()
     summary = result.get("summary", {})
     budgets = list(summary) or list(result["runs"])
@@ -284,7 +285,7 @@ def plot_dice(result: dict, out: Path) -> None:
     key = "vs_stock" if any("vs_stock" in e for e in entries) else "vs_twin"
     order = arm_order(result)
     width = 0.8 / max(len(order), 1)
-    rows = 2 if any(key in e for e in entries) else 1
+    rows = 2 if any(key in e or (key == "vs_twin" and "vs_arms" in e) for e in entries) else 1
     fig, axes = plt.subplots(rows, len(budgets), figsize=(2.5 + 0.9 * len(structures) * len(budgets), 3.2 * rows),
                              squeeze=False, sharey="row", layout="constrained")
     for col, budget in enumerate(budgets):
@@ -295,13 +296,15 @@ def plot_dice(result: dict, out: Path) -> None:
             sd = [entry["dice"][s]["sd"] or 0 for s in structures]
             axes[0][col].bar(x + i * width, [entry["dice"][s]["mean"] for s in structures], width, yerr=sd,
                              capsize=2, label=label, color=f"C{i}")
-            if key in entry:
-                d = [entry[key][s] for s in structures]
-                if key == "vs_twin":
-                    label += " − " + _label(result["runs"][budget].get(entry[key]["arm"], {}), entry[key]["arm"])
-                mean = np.array([v["mean"] for v in d])
-                err = np.array([[m - v["low"] for m, v in zip(mean, d)], [v["high"] - m for m, v in zip(mean, d)]])
-                axes[1][col].errorbar(x + i * width, mean, yerr=err, fmt="o", capsize=3, color=f"C{i}", label=label)
+            if key == "vs_stock":
+                diffs = [(entry[key], label)] if key in entry else []
+            else:  # its twin, then the arms it was paired with
+                others = ({entry[key]["arm"]: entry[key]} if key in entry else {}) | entry.get("vs_arms", {})
+                diffs = [(d, f"{label} − {_label(result['runs'][budget].get(other, {}), other)}")
+                         for other, d in others.items()]
+            for j, (d, text) in enumerate(diffs):
+                _interval(axes[1][col], x + i * width + j * width / 3, [d[s] for s in structures], f"C{i}",
+                          "os^v"[j % 4], text)
         for ax in axes[:, col]:
             ax.set_xticks(x + 0.4 - width / 2, structures)
             ax.grid(axis="y", alpha=0.3)
@@ -311,7 +314,8 @@ def plot_dice(result: dict, out: Path) -> None:
     axes[0][0].set_ylabel("Dice (held out), mean ± sd over seeds")
     _legend(fig, axes[0], "upper")
     if rows == 2:
-        axes[1][0].set_ylabel(("Δ Dice vs stock nnU-Net" if key == "vs_stock" else "Δ Dice vs its twin")
+        paired = " or paired arm" if key == "vs_twin" and any("vs_arms" in e for e in entries) else ""
+        axes[1][0].set_ylabel(("Δ Dice vs stock nnU-Net" if key == "vs_stock" else "Δ Dice vs its twin" + paired)
                               + "\n(95 % bootstrap CI over patients)")
         if key == "vs_twin":
             _legend(fig, axes[1], "lower")
@@ -344,6 +348,13 @@ def plot_curves(result: dict, out: Path) -> None:
             ax.grid(alpha=0.3)
     _legend(fig, axes[0], "lower")
     _save(fig, out)
+
+
+def _interval(ax, x: np.ndarray, d: list[dict], color: str, marker: str, label: str) -> None:
+    """Paired differences as points with their 95 % intervals."""
+    mean = np.array([v["mean"] for v in d])
+    err = np.array([[m - v["low"] for m, v in zip(mean, d)], [v["high"] - m for m, v in zip(mean, d)]])
+    ax.errorbar(x, mean, yerr=err, fmt=marker, capsize=3, color=color, label=label)
 
 
 def _legend(fig, axes, side: str) -> None:
