@@ -15,8 +15,7 @@ a development set): the folds score disjoint patients, and the runs of one budge
 run scored on every fold's held-out patients, each case by the model that did not train on it, as nnU-Net's own
 cross-validation summary does. Paired differences then pair every patient's case between arms.
 
-    nnunetv2_xlstm_benchmark_report runs/2x2/benchmark.json --output runs/2x2 \
-        --pair xlstm_pretrained_decoder_semi xlstm_semi
+    nnunetv2_xlstm_benchmark_report 2x2/benchmark.json --output 2x2 --pair xlstm_pretrained_decoder_semi xlstm_semi
 
 Each arm is paired with its twin (the scratch XLSTMUNet for a pretrained or semi-supervised arm, the arm without
 semi-supervision for a pretrained semi-supervised one, the network without mLSTM for XLSTMUNet); ``--pair ARM OTHER``
