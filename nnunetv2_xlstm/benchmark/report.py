@@ -122,7 +122,7 @@ def summarise(runs: dict[str, dict[str, dict[str, dict]]], structures: list[str]
             twin = TWINS.get(arm)
             if twin and set(seeds) & set(done.get(twin, {})):
                 entry["vs_twin"] = {"arm": twin, **paired_difference(seeds, done[twin], structures, group_pattern)}
-            for other in dict.fromkeys(b for a, b in pairs if a == arm):
+            for other in dict.fromkeys(b for a, b in pairs if a == arm and b not in (twin, STOCK)):  # not twice
                 if set(seeds) & set(done.get(other, {})):
                     entry.setdefault("vs_arms", {})[other] = paired_difference(seeds, done[other], structures,
                                                                                group_pattern)
