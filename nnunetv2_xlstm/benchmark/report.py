@@ -184,13 +184,18 @@ def _pm(entry: dict) -> str:
     return f"{entry['mean']:.3f}" + (f" ± {entry['sd']:.3f}" if entry.get("sd") is not None else "")
 
 
+def _paired(entry: dict) -> list[tuple[str, dict]]:
+    """``(other arm, paired difference)`` of an arm's summary entry: its twin first, then the arms of ``pairs``."""
+    twin = [(entry["vs_twin"]["arm"], entry["vs_twin"])] if "vs_twin" in entry else []
+    return twin + list(entry.get("vs_arms", {}).items())
+
+
 def _difference_table(result: dict, budget: str, structures: list[str]) -> list[str]:
-    """The paired differences of the arms in :data:`TWINS` to their twins, then those asked for by ``pairs``: per
+    """Per arm, its paired difference to its twin (:data:`TWINS`), then those asked for by ``pairs``: per
     structure the mean [95 % bootstrap interval] over patients (their cases and seeds together), and the sd over seeds
     of the per-seed mean difference."""
     arms = _ordered(result.get("summary", {}).get(budget, {}), arm_order(result))
-    rows = ([(arm, e["vs_twin"]["arm"], e["vs_twin"]) for arm, e in arms if "vs_twin" in e]
-            + [(arm, other, d) for arm, e in arms for other, d in e.get("vs_arms", {}).items()])
+    rows = [(arm, other, d) for arm, e in arms for other, d in _paired(e)]
     if not rows:
         return []
     lines = ["Paired differences (same split, seeds and schedule; mean over cases and seeds, [95 % bootstrap interval "
@@ -299,9 +304,8 @@ def plot_dice(result: dict, out: Path) -> None:
             if key == "vs_stock":
                 diffs = [(entry[key], label)] if key in entry else []
             else:  # its twin, then the arms it was paired with
-                others = ({entry[key]["arm"]: entry[key]} if key in entry else {}) | entry.get("vs_arms", {})
                 diffs = [(d, f"{label} − {_label(result['runs'][budget].get(other, {}), other)}")
-                         for other, d in others.items()]
+                         for other, d in _paired(entry)]
             for j, (d, text) in enumerate(diffs):
                 _interval(axes[1][col], x + i * width + j * width / 3, [d[s] for s in structures], f"C{i}",
                           "os^v"[j % 4], text)
